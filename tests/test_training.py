@@ -1,0 +1,169 @@
+"The shared training loop: exact resume (stop, SIGTERM, SIGKILL), torchrun == one process, accumulation, configs."
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from puma_nb.config import ConfigError, to_dict
+from puma_nb.train import main as train_main, resolve
+from puma_nb.training import (ProbeDataConfig, ProbeModelConfig, ProbeRunConfig, TrainConfig, latest_checkpoint,
+                              read_metrics, train_probe)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def probe_cfg(out, steps=40, dropout=0.1, batch=16, micro=0, **train):
+    return ProbeRunConfig(
+        train=TrainConfig(steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=5, log_every=1,
+                          out_dir=str(out), progress=False, **train),
+        model=ProbeModelConfig(width=8, dropout=dropout), data=ProbeDataConfig(n_train=400, n_val=20))
+
+
+def write_cfg(path, cfg):
+    d = to_dict(cfg)
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def weights(out):
+    return torch.load(latest_checkpoint(out) / "model.pt", weights_only=True)
+
+
+def same_bits(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def losses(out):
+    return [(r["step"], r["loss"]) for r in read_metrics(out)]
+
+
+def launch(cfg_file, *extra, torchrun=0):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun
+           else [sys.executable]) + ["-m", "puma_nb.train", "--config", str(cfg_file), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(pred, proc, timeout=120):
+    t = time.time()
+    while not pred():
+        if proc.poll() is not None: raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() - t > timeout: proc.kill(); raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_stop_and_resume_is_bitwise_identical(tmp_path):
+    train_probe(probe_cfg(tmp_path / "a", steps=24))
+    r1 = train_probe(probe_cfg(tmp_path / "b", steps=24, stop_after=11))
+    assert (r1.status, r1.step) == ("stopped", 11)
+    r2 = train_probe(probe_cfg(tmp_path / "b", steps=24))
+    assert (r2.status, r2.step) == ("done", 24)
+    assert same_bits(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    for f in ("optimizer.pt", "scheduler.pt"):
+        a = torch.load(latest_checkpoint(tmp_path / "a") / f, weights_only=True)
+        b = torch.load(latest_checkpoint(tmp_path / "b") / f, weights_only=True)
+        assert repr(a) == repr(b)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_sigterm_saves_and_resume_is_bitwise_identical(tmp_path):
+    cfg = write_cfg(tmp_path / "probe.yaml", probe_cfg(tmp_path / "straight", steps=150))
+    p = launch(cfg); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    p = launch(cfg, f"train.out_dir={tmp_path / 'killed'}")
+    wait_for(lambda: len(read_metrics(tmp_path / "killed")) >= 10, p)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0 and "preempted" in out, out
+    stopped_at = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())["step"]
+    assert 10 <= stopped_at < 150
+    p = launch(cfg, f"train.out_dir={tmp_path / 'killed'}"); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and "finished at step 150" in out, out
+    assert same_bits(weights(tmp_path / "straight"), weights(tmp_path / "killed"))
+    assert losses(tmp_path / "straight") == losses(tmp_path / "killed")
+
+
+def test_sigkill_resumes_from_last_checkpoint_bitwise(tmp_path):
+    cfg = write_cfg(tmp_path / "probe.yaml", probe_cfg(tmp_path / "straight", steps=150, ckpt_every=10))
+    p = launch(cfg); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    killed = tmp_path / "killed"
+    p = launch(cfg, f"train.out_dir={killed}")
+    wait_for(lambda: latest_checkpoint(killed) is not None and len(read_metrics(killed)) >= 25, p)
+    p.kill(); p.communicate()
+    at = json.loads((latest_checkpoint(killed) / "state.json").read_text())["step"]
+    assert 10 <= at < 150 and at % 10 == 0
+    p = launch(cfg, f"train.out_dir={killed}"); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and f"resuming from step {at}" in out, out
+    assert same_bits(weights(tmp_path / "straight"), weights(killed))
+    assert losses(tmp_path / "straight") == losses(killed)  # rows past the checkpoint were dropped, then redone
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    # one process accumulates 2 micro-batches of 8; two ranks take 8 each: the same global batch of 16
+    cfg = write_cfg(tmp_path / "probe.yaml", probe_cfg(tmp_path / "one", steps=30, dropout=0.0, micro=8))
+    p = launch(cfg); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    p = launch(cfg, f"train.out_dir={tmp_path / 'two'}", torchrun=2); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 30
+    worst = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two))
+    assert worst < 1e-5, worst
+    state = json.loads((latest_checkpoint(tmp_path / "two") / "state.json").read_text())
+    assert state["world_size"] == 2 and (latest_checkpoint(tmp_path / "two") / "rng_rank1.pt").exists()
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6) for k in w1)
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    a = train_probe(probe_cfg(tmp_path / "a", steps=10, dropout=0.0, micro=0))
+    b = train_probe(probe_cfg(tmp_path / "b", steps=10, dropout=0.0, micro=4))
+    worst = max(abs(x - y) / abs(x) for (_, x), (_, y) in zip(losses(tmp_path / "a"), losses(tmp_path / "b")))
+    assert worst < 1e-5, worst
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    train_probe(probe_cfg(tmp_path, steps=6))
+    root = tmp_path / "checkpoints"
+    shutil.copytree(root / "step_00000006", root / "step_00000009.tmp")  # a save killed before its rename
+    (root / "step_00000009.tmp" / "state.json").unlink()
+    assert latest_checkpoint(tmp_path).name == "step_00000006"
+    (root / "latest").unlink()  # even without the pointer
+    assert latest_checkpoint(tmp_path).name == "step_00000006"
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train_probe(probe_cfg(tmp_path, steps=4))
+    with pytest.raises(ConfigError, match="changed: train.lr"):
+        train_probe(probe_cfg(tmp_path, steps=4, **{}).__class__(
+            train=TrainConfig(steps=8, batch_size=16, lr=1e-2, warmup_steps=5, log_every=1, out_dir=str(tmp_path), progress=False),
+            model=ProbeModelConfig(width=8), data=ProbeDataConfig(n_train=400, n_val=20)))
+    with pytest.raises(ConfigError, match="resume is false"):
+        train_probe(probe_cfg(tmp_path, steps=4, resume=False))
+    r = train_probe(probe_cfg(tmp_path, steps=8))  # more steps is allowed
+    assert r.step == 8
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    r = train_probe(probe_cfg(tmp_path, steps=3, precision="bf16"))
+    assert r.status == "done" and all(torch.isfinite(torch.tensor(l)) for _, l in losses(tmp_path))
+
+
+def test_cli_config_errors_are_clear(tmp_path, capsys):
+    assert train_main(["--config", str(ROOT / "configs/probe.yaml"), "train.lrr=1"]) == 2
+    assert "unknown key 'lrr' in train" in capsys.readouterr().err
+    assert train_main(["--config", str(ROOT / "configs/probe.yaml"), "train.batch_size=ten"]) == 2
+    assert "train.batch_size: expected an integer, got 'ten'" in capsys.readouterr().err
+    assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_config_file_loads():
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg, run = resolve(f)
+        assert callable(run) and cfg.stage == yaml.safe_load(f.read_text())["stage"]
