@@ -17,8 +17,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUF
 
 def probe_cfg(out, steps=40, dropout=0.1, batch=16, micro=0, **train):
     return ProbeRunConfig(
-        train=TrainConfig(steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=5, log_every=1,
-                          out_dir=str(out), progress=False, **train),
+        train=TrainConfig(**{**dict(steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=5, log_every=1,
+                                    out_dir=str(out), progress=False), **train}),
         model=ProbeModelConfig(width=8, dropout=dropout), data=ProbeDataConfig(n_train=400, n_val=20))
 
 
@@ -167,3 +167,34 @@ def test_every_config_file_loads():
     for f in files:
         cfg, run = resolve(f)
         assert callable(run) and cfg.stage == yaml.safe_load(f.read_text())["stage"]
+
+
+def test_sigterm_under_torchrun_saves_every_rank_and_resumes_bitwise(tmp_path):
+    # SIGTERM to torchrun (as a scheduler sends it) reaches every rank; they agree to stop at the same step
+    cfg = write_cfg(tmp_path / "probe.yaml", probe_cfg(tmp_path / "straight", steps=120, micro=8))
+    p = launch(cfg, torchrun=2); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    killed = tmp_path / "killed"
+    p = launch(cfg, f"train.out_dir={killed}", torchrun=2)
+    wait_for(lambda: len(read_metrics(killed)) >= 10, p)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    ckpt = latest_checkpoint(killed)
+    assert ckpt is not None, out
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["world_size"] == 2 and 10 <= state["step"] < 120, out
+    assert {f.name for f in ckpt.iterdir()} >= {"rng_rank0.pt", "rng_rank1.pt", "model.pt", "optimizer.pt"}
+    p = launch(cfg, f"train.out_dir={killed}", torchrun=2); out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and f"resuming from step {state['step']}" in out, out
+    assert same_bits(weights(tmp_path / "straight"), weights(killed))
+    assert losses(tmp_path / "straight") == losses(killed)
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    r1 = train_probe(probe_cfg(tmp_path, steps=5, eval_every=2, log_every=3))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")}
+    r2 = train_probe(probe_cfg(tmp_path, steps=5, eval_every=2, log_every=3))
+    assert (r2.status, r2.step) == ("done", 5) and r2.last == r1.last and "val_exact" in r2.last
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")} == before
+    # evaluation rows come at every eval_every step even when log_every does not divide it
+    assert [r["step"] for r in read_metrics(tmp_path) if "val_exact" in r] == [2, 4, 5]
