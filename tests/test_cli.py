@@ -31,6 +31,10 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert {e["kind"] for e in edits} == set(tw.EDIT_KINDS)
     card = (out / "DATASET_CARD.md").read_text()
     assert "| test | 100 |" in card and "recolor" in card
+    pyr = report["pyramid"]
+    assert pyr["clip_steps"] == 20 and 0 <= pyr["retrieval"]["t2i_top1"] <= 1
+    assert set(pyr["probe"]) == {"f0", "f1", "f2", "f3", "f4"} and "encoder" in report["stand_ins"]
+    assert (out / "clip" / "model" / "model.safetensors").exists() and (out / "clip" / "metrics.jsonl").exists()
     w, h = Image.open(out / "gallery.png").size
     assert w > 500 and h > 500
 

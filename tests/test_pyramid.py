@@ -1,0 +1,81 @@
+"Eq. 1 and the encoder: PUMA's preprocessing, last-layer tokens before ln_post, CLIP-L on meta, the tiny CLIP stage."
+import os
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from puma_nb.pyramid import (SCALES, CLIPEncoder, ClipRunConfig, TinyClipConfig, clip_l, load_clip, pyramid, save_clip,
+                             tiny_clip, tiny_encoder, train_clip)
+from puma_nb.training import TrainConfig
+
+
+def test_pyramid_is_successive_2x2_average_pooling_row_major():
+    f0 = torch.randn(3, 16, 16, 5)  # (B, H, W, C)
+    fs = pyramid(f0.reshape(3, 256, 5))
+    assert [f.shape for f in fs] == [(3, n, 5) for n in SCALES]
+    for i, f in enumerate(fs):
+        s = 16 >> i
+        want = f0.reshape(3, s, 16 // s, s, 16 // s, 5).mean((2, 4)).reshape(3, s * s, 5)  # blocks of 2^i × 2^i
+        assert torch.allclose(f, want, atol=1e-5), i
+    assert torch.allclose(pyramid(f0.permute(0, 3, 1, 2))[2], fs[2])  # (B, C, H, W) input too
+
+
+def test_encoder_takes_last_layer_patch_tokens_before_ln_post():
+    torch.manual_seed(0)
+    m = tiny_clip()
+    with torch.no_grad(): m.visual.ln_post.weight.mul_(3.0).add_(0.5)  # make ln_post visible
+    enc = tiny_encoder(m)
+    x = torch.rand(2, 3, 64, 64)
+    f0 = enc(x)
+    v = m.visual
+    h = v.transformer(v._embeds(enc.preprocess(x)))
+    assert torch.allclose(f0, h[:, 1:], atol=1e-6)                 # CLS dropped, no ln_post
+    assert not torch.allclose(f0, v.ln_post(h)[:, 1:], atol=1e-3)
+    assert not any(p.requires_grad for p in enc.parameters()) and not enc.training
+    enc.train(); assert not enc.training                             # stays frozen
+
+
+def test_preprocessing_resizes_without_cropping():
+    enc = tiny_encoder(tiny_clip())
+    x = torch.zeros(1, 3, 100, 300)
+    x[..., :30] = 1.0  # a white band at the left edge: a centre crop would cut it away
+    p = enc.preprocess(x) * enc.std + enc.mean
+    assert p.shape == (1, 3, 64, 64)
+    assert p[..., :5].mean() > 0.95 and p[..., 10:].mean() < 0.05
+    assert torch.allclose(enc.mean.flatten(), torch.tensor(open_clip.OPENAI_DATASET_MEAN))
+
+
+def test_clip_l_on_meta_gives_16x16x1024():
+    enc = CLIPEncoder(open_clip.create_model("ViT-L-14", device="meta").visual, 224)
+    f0 = enc(torch.rand(1, 3, 512, 384, device="meta"))
+    assert f0.shape == (1, 256, 1024) and [f.shape[1] for f in pyramid(f0)] == list(SCALES)
+
+
+def test_clip_l_without_weights_is_a_clear_error():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(RuntimeError, match="could not load CLIP ViT-L-14 weights 'openai'"):
+        clip_l("openai", device="meta")
+
+
+def test_tiny_clip_trains_its_image_tower_and_round_trips(tmp_path):
+    cfg = ClipRunConfig(train=TrainConfig(steps=3, batch_size=8, lr=1e-3, log_every=1, out_dir=str(tmp_path), progress=False))
+    cfg.data.n_test = 16
+    torch.manual_seed(0)
+    before = tiny_clip(cfg.model).visual.conv1.weight.clone()  # train_clip seeds with train.seed=0 too
+    res = train_clip(cfg)
+    assert res.status == "done" and {"t2i_top1", "i2t_top1"} <= set(res.last)
+    model, mcfg = load_clip(tmp_path / "model")
+    assert mcfg == cfg.model
+    assert not torch.equal(model.visual.conv1.weight, before)  # the image tower learned
+    save_clip(model, mcfg, tmp_path / "again")
+    again, _ = load_clip(tmp_path / "again")
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(tiny_encoder(model, mcfg)(x), tiny_encoder(again, mcfg)(x))
+
+
+def test_tiny_config_is_checked():
+    from puma_nb.config import ConfigError, from_dict
+    with pytest.raises(ConfigError, match="16×16 grid"):
+        from_dict(TinyClipConfig, {"patch_size": 8})
