@@ -1,0 +1,58 @@
+"""Cost of one training step of PUMA's decoder (mapping layer + positional embedding + UNet + A.1's loss)
+against a plain diffusers UNet step of the same shape (the conditioning handed to cross-attention directly,
+plain epsilon-MSE). Steps alternate between the two, so that both see the same machine state; prints JSON.
+
+    python benchmarks/decoder_step.py                 # the tiny D_0 on CPU
+    python benchmarks/decoder_step.py --batch 32 --steps 30
+"""
+import argparse, json, platform, statistics, time
+
+import torch
+import torch.nn.functional as F
+
+from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = DecoderConfig()
+    ours = build_decoder(args.scale, cfg)
+    plain = build_decoder(args.scale, cfg).unet  # an identical UNet, without PUMA's conditioning path
+    sch = make_scheduler("ddpm")
+    n, C, D = ours.n_tokens, cfg.feature_dim, cfg.cross_attention_dim
+    z0, f, f_null = torch.randn(args.batch, 48, 16, 16), torch.randn(args.batch, n, C), torch.randn(1, n, C)
+    h = torch.randn(args.batch, n, D)
+    opt_a, opt_b = torch.optim.AdamW(ours.parameters(), 8e-5), torch.optim.AdamW(plain.parameters(), 8e-5)
+
+    def step_ours():
+        loss = decoder_loss(ours, z0, f, f_null, sch)
+        opt_a.zero_grad(set_to_none=True); loss.backward(); opt_a.step()
+
+    def step_plain():
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, 1000, (args.batch,))
+        loss = F.mse_loss(plain(sch.add_noise(z0, noise, t), t, encoder_hidden_states=h).sample, noise)
+        opt_b.zero_grad(set_to_none=True); loss.backward(); opt_b.step()
+
+    times = {"ours": [], "plain": []}
+    for i in range(args.warmup + args.steps):
+        for name, fn in (("ours", step_ours), ("plain", step_plain)) if i % 2 else (("plain", step_plain), ("ours", step_ours)):
+            t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
+            if i >= args.warmup: times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({
+        "benchmark": "decoder training step vs plain diffusers UNet step", "device": "cpu", "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale,
+        "batch": args.batch, "steps": args.steps, "unet_params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 3),
+        "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
+        "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"PUMA's decoders: conditioning path, A.1's loss, classifier-free guidance, PUMA's checkpoint layout, SDXL shape on meta."
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from puma_nb.decoder import (SCHEDULERS, DecoderConfig, PatchSpace, build_decoder, decoder_loss, load_puma_decoder,
+                             make_scheduler, sample, save_puma_decoder, steps_per_scale)
+from puma_nb.pyramid import SCALES
+
+
+def test_sdxl_shaped_decoder_on_meta():
+    with torch.device("meta"):
+        d = build_decoder(0, DecoderConfig(kind="sdxl", feature_dim=1024, cross_attention_dim=2048))
+        eps = d(torch.randn(2, 4, 64, 64), torch.tensor([1, 999]), torch.randn(2, 256, 1024), pos_weight=torch.tensor([1.0, 0.0]))
+    assert eps.shape == (2, 4, 64, 64)
+    assert d.mapping_layer.in_features == 1024 and d.embed_img_pos.shape == (1, 256, 2048)
+    assert d.unet.config.addition_embed_type is None  # no SDXL added conditions
+    assert sum(p.numel() for p in d.unet.parameters()) > 2.5e9
+
+
+def test_positional_embedding_only_for_f0_and_off_on_the_null_branch():
+    for i, n in enumerate(SCALES):
+        assert (build_decoder(i).embed_img_pos is not None) == (i == 0)
+    d = build_decoder(0)
+    f = torch.randn(3, 256, 64)
+    h = d.condition(f, pos_weight=torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.allclose(h[1], d.mapping_layer(f[1]))
+    assert torch.allclose(h[0], d.mapping_layer(f[0]) + d.embed_img_pos[0])
+
+
+def test_loss_with_all_null_conditions_ignores_the_features():
+    torch.manual_seed(0)
+    d, sch = build_decoder(2), make_scheduler()
+    z0, f_null = torch.randn(4, 48, 16, 16), torch.randn(1, 16, 64)
+    a = decoder_loss(d, z0, torch.randn(4, 16, 64), f_null, sch, p_null=1.0, generator=torch.Generator().manual_seed(3))
+    b = decoder_loss(d, z0, torch.randn(4, 16, 64), f_null, sch, p_null=1.0, generator=torch.Generator().manual_seed(3))
+    c = decoder_loss(d, z0, torch.randn(4, 16, 64), f_null, sch, p_null=0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_zero_is_the_null_branch_and_every_scheduler_samples():
+    d, sp = build_decoder(3).eval(), PatchSpace()
+    f_null = torch.randn(1, 4, 64)
+    g = lambda: torch.Generator().manual_seed(0)
+    a = sample(d, torch.randn(2, 4, 64), f_null, sp.latent_shape(64), steps=3, guidance=0.0, generator=g())
+    b = sample(d, torch.randn(2, 4, 64), f_null, sp.latent_shape(64), steps=3, guidance=0.0, generator=g())
+    assert torch.allclose(a, b, atol=1e-5)
+    for name in SCHEDULERS:
+        assert torch.isfinite(sample(d, torch.randn(1, 4, 64), f_null, (48, 16, 16), steps=3, scheduler=name, generator=g())).all()
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        make_scheduler("plms")
+
+
+@pytest.mark.parametrize("scale", range(5))
+def test_puma_layout_round_trip(tmp_path, scale):
+    d0 = build_decoder(scale)
+    folder = tmp_path / f"unet_{SCALES[scale]}"
+    save_puma_decoder(d0, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["num_tokens"] == SCALES[scale] and cfg["use_embeds"] == (scale == 0) and cfg["mapping_dim"] == 64
+    keys = set(load_file(folder / "diffusion_pytorch_model.safetensors"))
+    assert {"mapping_layer.weight", "mapping_layer.bias"} <= keys and ("embed_img_pos" in keys) == (scale == 0)
+    d1 = load_puma_decoder(folder)
+    z, t, f = torch.randn(2, 48, 16, 16), torch.tensor([5, 700]), torch.randn(2, SCALES[scale], 64)
+    assert torch.equal(d0(z, t, f), d1(z, t, f))
+
+
+def test_loads_a_checkpoint_written_as_pumas_release(tmp_path):
+    # PUMA's config.json is SDXL's UNet config (added conditions included) plus its four keys
+    d0 = build_decoder(0)
+    folder = tmp_path / "unet_256"
+    save_puma_decoder(d0, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+               _diffusers_version="0.25.0")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    d1 = load_puma_decoder(folder)
+    assert d1.unet.config.addition_embed_type is None
+    z, t, f = torch.randn(1, 48, 16, 16), torch.tensor([10]), torch.randn(1, 256, 64)
+    assert torch.equal(d0(z, t, f), d1(z, t, f))
+    # a plain diffusers UNet folder, or a folder without weights, is a clear error
+    cfg = {k: v for k, v in cfg.items() if k not in ("mapping_dim", "num_tokens")}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="lacks PUMA's decoder keys"):
+        load_puma_decoder(folder)
+    with pytest.raises(FileNotFoundError, match="unet_1, unet_4"):
+        load_puma_decoder(tmp_path)
+
+
+def test_steps_follow_the_papers_ratio():
+    assert steps_per_scale(115) == [40, 30, 20, 15, 10]
+    s = steps_per_scale(1000)
+    assert sum(s) == 1000 and s == sorted(s, reverse=True)
