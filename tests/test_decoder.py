@@ -122,3 +122,18 @@ def test_v_prediction_target_and_exact_sampling_with_an_oracle():
 
     z = sample(Oracle(), torch.zeros(3, 1, 1), torch.zeros(1, 1, 1), (48, 16, 16), steps=25, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(z, x0, atol=1e-4)
+
+
+def test_decoder_stage_from_its_config_file(tmp_path):
+    from pathlib import Path
+    from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
+    from puma_nb.train import main as train_main
+    root = Path(__file__).resolve().parents[1]
+    save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
+    args = ["--config", str(root / "configs/decoder_tiny.yaml"), "scale=1", "train.steps=3", "train.warmup_steps=1",
+            "train.batch_size=4", f"train.out_dir={tmp_path / 'd1'}", "train.progress=false", f"data.encoder={tmp_path / 'clip'}"]
+    assert train_main(args) == 0
+    d = load_puma_decoder(tmp_path / "d1" / "unet_64")
+    assert d.n_tokens == 64 and d.embed_img_pos is None
+    with pytest.raises(FileNotFoundError, match="no tiny CLIP"):
+        train_main(args[:-1] + ["data.encoder=/nonexistent/clip"])
