@@ -96,10 +96,10 @@ def test_steps_follow_the_papers_ratio():
 
 
 def test_v_prediction_target_and_exact_sampling_with_an_oracle():
-    # the loss regresses the scheduler's own target: the noise, or the velocity for a v-prediction config
+    # the loss regresses the scheduler's own target: the noise, the velocity or the clean sample
     d = build_decoder(4)
     z0, f = torch.randn(2, 48, 16, 16), torch.randn(2, 1, 64)
-    for pt in ("epsilon", "v_prediction"):
+    for pt in ("epsilon", "v_prediction", "sample"):
         sch = make_scheduler(prediction_type=pt)
         g = torch.Generator().manual_seed(0)
         loss = decoder_loss(d, z0, f, torch.zeros(1, 1, 64), sch, p_null=0.0, noise_offset=0.0, generator=g)
@@ -107,7 +107,7 @@ def test_v_prediction_target_and_exact_sampling_with_an_oracle():
         torch.rand(2, generator=g)  # the null-dropout draw
         noise = torch.randn(z0.shape, generator=g); torch.randn((2, 48, 1, 1), generator=g)
         t = torch.randint(0, 1000, (2,), generator=g)
-        target = noise if pt == "epsilon" else sch.get_velocity(z0, noise, t)
+        target = {"epsilon": noise, "sample": z0}.get(pt) if pt != "v_prediction" else sch.get_velocity(z0, noise, t)
         assert torch.allclose(loss, torch.nn.functional.mse_loss(d(sch.add_noise(z0, noise, t), t, f), target), atol=1e-6)
 
     # a model that knows the answer is sampled back exactly by DDPM: the sampling loop itself adds no error
