@@ -4,7 +4,7 @@
 
 # %% ../nbs/99_cli.ipynb #207d81ed
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, json, sys, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_config.ipynb #29f7f28a
 from __future__ import annotations
-import dataclasses, types, typing
+import dataclasses, types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 

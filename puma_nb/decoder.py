@@ -223,8 +223,6 @@ def steps_per_scale(total:int) -> list[int]:
     return s
 
 # %% ../nbs/04_decoder.ipynb #084ea552
-from dataclasses import replace
-
 from .config import to_dict
 from .pyramid import load_clip, pyramid, tiny_encoder
 from .toyworld import ShapesWorld, collate

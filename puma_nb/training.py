@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_training.ipynb #91d8d289
 from __future__ import annotations
-import json, math, os, random, re, shutil, signal, threading, time
+import json, os, random, re, shutil, signal, threading, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from puma_nb.decoder import (SCHEDULERS, DecoderConfig, PatchSpace, build_decoder, decoder_loss, load_puma_decoder,
                              make_scheduler, sample, save_puma_decoder, steps_per_scale)

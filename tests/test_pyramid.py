@@ -4,7 +4,6 @@ import os
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 
 from puma_nb.pyramid import (SCALES, CLIPEncoder, ClipRunConfig, TinyClipConfig, clip_l, load_clip, pyramid, save_clip,
                              tiny_clip, tiny_encoder, train_clip)
