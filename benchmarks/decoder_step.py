@@ -1,4 +1,4 @@
-"""Cost of one training step of PUMA's decoder (mapping layer + positional embedding + UNet + A.1's loss)
+"""Cost of one training step of PUMA's decoder (mapping layer + positional embedding + the tiny decoders' f_i map + UNet + A.1's loss)
 against a plain diffusers UNet step of the same shape (the conditioning handed to cross-attention directly,
 plain epsilon-MSE). Steps alternate between the two, so that both see the same machine state; prints JSON.
 
@@ -28,6 +28,8 @@ def main():
     n, C, D = ours.n_tokens, cfg.feature_dim, cfg.cross_attention_dim
     z0, f, f_null = torch.randn(args.batch, 48, 16, 16), torch.randn(args.batch, n, C), torch.randn(1, n, C)
     h = torch.randn(args.batch, n, D)
+    k = ours.spatial.out_features if ours.spatial is not None else 0
+    extra = torch.randn(args.batch, k, 16, 16)  # the plain UNet gets inputs of the same width (the tiny decoders' f_i map)
     opt_a, opt_b = torch.optim.AdamW(ours.parameters(), 8e-5), torch.optim.AdamW(plain.parameters(), 8e-5)
 
     def step_ours():
@@ -37,7 +39,7 @@ def main():
     def step_plain():
         noise = torch.randn_like(z0)
         t = torch.randint(0, 1000, (args.batch,))
-        loss = F.mse_loss(plain(sch.add_noise(z0, noise, t), t, encoder_hidden_states=h).sample, noise)
+        loss = F.mse_loss(plain(torch.cat([sch.add_noise(z0, noise, t), extra], 1), t, encoder_hidden_states=h).sample, noise)
         opt_b.zero_grad(set_to_none=True); loss.backward(); opt_b.step()
 
     times = {"ours": [], "plain": []}

@@ -5,6 +5,7 @@
 # %% ../nbs/04_decoder.ipynb #d1efd48a
 from __future__ import annotations
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,10 +20,10 @@ from .config import ConfigError
 from .pyramid import SCALES
 
 # %% auto #0
-__all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'STEP_RATIO', 'PatchSpace', 'VAESpace', 'Decoder',
-           'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler', 'sample',
-           'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'DiffusionConfig', 'DecoderDataConfig',
-           'DecoderRunConfig', 'decoder_loss_fn', 'train_decoder']
+__all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace', 'VAESpace',
+           'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler',
+           'sample', 'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'DiffusionConfig',
+           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -52,14 +53,17 @@ class Decoder(nn.Module):
                  feature_dim:int, # C, the width of f_i
                  n_tokens:int, # tokens in f_i (256 for f0)
                  use_pos:bool|None=None, # learned positional embedding; default: only for f0
+                 spatial_dim:int=0, # tiny decoders: width of f_i laid on the latent grid as extra input channels (0: PUMA's)
+                 scheduler_config:dict|None=None, # the noise schedule it was trained with (None: SDXL's, epsilon)
                 ):
         super().__init__()
         D = unet.config.cross_attention_dim
-        self.unet, self.n_tokens = unet, n_tokens
+        self.unet, self.n_tokens, self.scheduler_config = unet, n_tokens, dict(scheduler_config or {})
         self.mapping_layer = nn.Linear(feature_dim, D)
         self.embed_img_pos = None
         if (n_tokens == SCALES[0]) if use_pos is None else use_pos:
             self.embed_img_pos = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, n_tokens, D), std=0.02))
+        self.spatial = nn.Linear(feature_dim, spatial_dim) if spatial_dim else None
 
     def condition(self, f:torch.Tensor, pos_weight:torch.Tensor|None=None) -> torch.Tensor:
         "The cross-attention input `h`; `pos_weight` (B,) scales the positional embedding (0 on the null branch)."
@@ -68,8 +72,14 @@ class Decoder(nn.Module):
             h = h + (self.embed_img_pos if pos_weight is None else pos_weight.view(-1, 1, 1).to(h) * self.embed_img_pos)
         return h
 
+    def spatial_map(self, f:torch.Tensor, size:tuple[int, int]) -> torch.Tensor:
+        "The tiny decoders' extra input: f_i's √n×√n grid (row-major), projected and copied onto the latent cells it covers."
+        g, s = self.spatial(f), math.isqrt(f.shape[1])
+        return F.interpolate(g.transpose(1, 2).reshape(len(f), -1, s, s), size=tuple(size), mode="nearest")
+
     def forward(self, z_t:torch.Tensor, t:torch.Tensor, f:torch.Tensor, pos_weight:torch.Tensor|None=None) -> torch.Tensor:
-        "Predicted noise for latents `z_t` at timesteps `t`, conditioned on features `f` `(B, n_tokens, C)`."
+        "The UNet's prediction (noise, velocity or clean latent) for `z_t` at timesteps `t`, conditioned on `f` `(B, n_tokens, C)`."
+        if self.spatial is not None: z_t = torch.cat([z_t, self.spatial_map(f, z_t.shape[-2:])], 1)
         return self.unet(z_t, t, encoder_hidden_states=self.condition(f, pos_weight)).sample
 
 # %% ../nbs/04_decoder.ipynb #cbeb7963
@@ -84,11 +94,17 @@ class DecoderConfig:
     cross_attention_dim: int = 64         # 2048 for SDXL
     patch: int = 4                        # tiny: pixel_unshuffle factor
     image_size: int = 64
+    spatial_dim: int|None = None          # f_i on the latent grid as input channels: None = 64 for tiny, 0 (PUMA's) for sdxl
+
+    @property
+    def spatial(self) -> int: return (64 if self.kind == "tiny" else 0) if self.spatial_dim is None else self.spatial_dim
 
     def validate(self):
         if len(self.block_out_channels) != len(self.attention_levels):
             raise ConfigError(f"attention_levels has {len(self.attention_levels)} entries for {len(self.block_out_channels)} levels")
         if not any(self.attention_levels): raise ConfigError("a decoder needs cross-attention at one level at least: the features enter there")
+        if self.kind == "sdxl" and self.spatial_dim:
+            raise ConfigError("spatial_dim must be 0 for kind 'sdxl': PUMA's SDXL decoders read f_i through cross-attention only")
 
 SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, less the added conditions
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -105,7 +121,7 @@ def tiny_unet(cfg:DecoderConfig) -> UNet2DConditionModel:
     "The tiny decoders' UNet: a small config of the same diffusers class."
     ch, latent = 3 * cfg.patch ** 2, cfg.image_size // cfg.patch
     return UNet2DConditionModel(
-        sample_size=latent, in_channels=ch, out_channels=ch, layers_per_block=cfg.layers_per_block,
+        sample_size=latent, in_channels=ch + cfg.spatial, out_channels=ch, layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), cross_attention_dim=cfg.cross_attention_dim,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels)),
@@ -114,8 +130,9 @@ def tiny_unet(cfg:DecoderConfig) -> UNet2DConditionModel:
 def build_decoder(scale:int, # i: the decoder D_i conditions on f_i
                   cfg:DecoderConfig=DecoderConfig()) -> Decoder:
     "D_i with a tiny or an SDXL-shaped UNet (random weights; `load_puma_decoder` reads PUMA's)."
+    cfg.validate()
     unet = tiny_unet(cfg) if cfg.kind == "tiny" else UNet2DConditionModel(**SDXL_UNET)
-    return Decoder(unet, cfg.feature_dim, SCALES[scale])
+    return Decoder(unet, cfg.feature_dim, SCALES[scale], spatial_dim=cfg.spatial)
 
 # %% ../nbs/04_decoder.ipynb #5eba0322
 def null_features(enc, scale:int, image_size:int=64) -> torch.Tensor:
@@ -160,21 +177,24 @@ def sample(decoder:Decoder, # D_i
            latent_shape:tuple[int, int, int], # (c, h, w)
            steps:int=50, guidance:float=2.0, scheduler:str="ddpm",
            generator:torch.Generator|None=None, **scheduler_config) -> torch.Tensor:
-    "Latents decoded from `f` by D_i with classifier-free guidance."
-    sch = make_scheduler(scheduler, **scheduler_config)
+    "Latents decoded from `f` by D_i with classifier-free guidance (guidance 1: the conditional branch alone)."
+    sch = make_scheduler(scheduler, **{**getattr(decoder, "scheduler_config", {}), **scheduler_config})
     sch.set_timesteps(steps)
     B, dev = len(f), f.device
     z = torch.randn((B, *latent_shape), device=dev, generator=generator) * sch.init_noise_sigma
-    cond = torch.cat([f, f_null.to(f).expand_as(f)])
-    pos = torch.cat([torch.ones(B, device=dev), torch.zeros(B, device=dev)])
+    n = 1 if guidance == 1 else 2
+    cond = torch.cat([f, f_null.to(f).expand_as(f)])[:n * B]
+    pos = torch.cat([torch.ones(B, device=dev), torch.zeros(B, device=dev)])[:n * B]
     for t in sch.timesteps:
-        zz = sch.scale_model_input(torch.cat([z, z]), t)
-        e_f, e_null = decoder(zz, t.to(dev).expand(2 * B), cond, pos_weight=pos).chunk(2)
-        z = sch.step(e_null + guidance * (e_f - e_null), t, z, generator=generator).prev_sample
+        zz = sch.scale_model_input(torch.cat([z] * n), t)
+        e = decoder(zz, t.to(dev).expand(n * B), cond, pos_weight=pos)
+        if n == 2: e_f, e_null = e.chunk(2); e = e_null + guidance * (e_f - e_null)
+        z = sch.step(e, t, z, generator=generator).prev_sample
     return z
 
 # %% ../nbs/04_decoder.ipynb #79815525
 PUMA_KEYS = ("mapping_dim", "mapping_dim1", "num_tokens", "use_embeds")
+OUR_KEYS = ("spatial_dim", "scheduler_config")  # written by us, absent from PUMA's release (= 0)
 
 def save_puma_decoder(decoder:Decoder, folder):
     "Write `decoder` in PUMA's released layout (`config.json` + `diffusion_pytorch_model.safetensors`)."
@@ -183,9 +203,12 @@ def save_puma_decoder(decoder:Decoder, folder):
     cfg.update(_class_name="UNet2DConditionModel", mapping_dim=decoder.mapping_layer.in_features,
                mapping_dim1=decoder.mapping_layer.out_features, num_tokens=decoder.n_tokens,
                use_embeds=decoder.embed_img_pos is not None)
+    if decoder.spatial is not None: cfg["spatial_dim"] = decoder.spatial.out_features
+    if decoder.scheduler_config: cfg["scheduler_config"] = decoder.scheduler_config
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     sd = {f"mapping_layer.{k}": v for k, v in decoder.mapping_layer.state_dict().items()}
     if decoder.embed_img_pos is not None: sd["embed_img_pos"] = decoder.embed_img_pos.detach()
+    if decoder.spatial is not None: sd.update({f"spatial.{k}": v for k, v in decoder.spatial.state_dict().items()})
     sd.update(decoder.unet.state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, folder / "diffusion_pytorch_model.safetensors")
 
@@ -200,15 +223,17 @@ def load_puma_decoder(folder, # a `unet_{n}` folder, PUMA's or ours
     cfg = json.loads(cfg_file.read_text())
     missing = [k for k in PUMA_KEYS if k not in cfg]
     if missing: raise ValueError(f"{cfg_file} lacks PUMA's decoder keys {missing}: is this a plain diffusers UNet?")
-    unet_cfg = {k: v for k, v in cfg.items() if k not in PUMA_KEYS and not k.startswith("_")}
+    unet_cfg = {k: v for k, v in cfg.items() if k not in PUMA_KEYS + OUR_KEYS and not k.startswith("_")}
     unet_cfg.update(addition_embed_type=None)  # PUMA drops SDXL's added conditions
     unet = UNet2DConditionModel.from_config(unet_cfg)
-    dec = Decoder(unet, cfg["mapping_dim"], cfg["num_tokens"], use_pos=cfg["use_embeds"])
+    dec = Decoder(unet, cfg["mapping_dim"], cfg["num_tokens"], use_pos=cfg["use_embeds"], spatial_dim=cfg.get("spatial_dim", 0),
+                  scheduler_config=cfg.get("scheduler_config"))
     if dec.mapping_layer.out_features != cfg["mapping_dim1"]:
         raise ValueError(f"mapping_dim1 {cfg['mapping_dim1']} does not match the UNet's cross_attention_dim {unet.config.cross_attention_dim}")
     sd = load_file(weights, device=str(device))
     mine = {"mapping_layer.weight": sd.pop("mapping_layer.weight"), "mapping_layer.bias": sd.pop("mapping_layer.bias")}
     if dec.embed_img_pos is not None: mine["embed_img_pos"] = sd.pop("embed_img_pos")
+    if dec.spatial is not None: mine.update({f"spatial.{k}": sd.pop(f"spatial.{k}") for k in ("weight", "bias")})
     dec.unet.load_state_dict(sd, strict=True)
     dec.load_state_dict({**mine, **{f"unet.{k}": v for k, v in dec.unet.state_dict().items()}}, strict=True)
     return dec.to(device)
@@ -237,9 +262,11 @@ class DiffusionConfig:
     beta_end: float = 0.012
     p_null: float = 0.1          # null-condition dropout, for classifier-free guidance
     noise_offset: float = 0.1
+    clip_sample: bool = False    # sampling: clamp the predicted clean latent to [-1, 1] (SDXL: False)
 
     def scheduler_config(self) -> dict:
-        return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end}
+        return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end,
+                "clip_sample": self.clip_sample}
 
 @dataclass
 class DecoderDataConfig:
@@ -252,6 +279,7 @@ class DecoderRunConfig:
     "`configs/decoder_tiny.yaml`: one decoder D_i."
     stage: Literal["decoder"] = "decoder"
     scale: int = 0                      # i: D_i conditions on f_i
+    export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=16, lr=8e-5, schedule="linear",
                                                                    grad_clip=1.0, out_dir="runs/decoders/f0"))
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -278,10 +306,12 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
     dec = build_decoder(cfg.scale, cfg.model)
+    dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     f_null = null_features(enc, cfg.scale, ccfg.image_size)
     res = fit(dec, decoder_loss_fn(enc, PatchSpace(cfg.model.patch), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0: save_puma_decoder(dec, Path(cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")
+    if (not dist.is_initialized()) or dist.get_rank() == 0:
+        save_puma_decoder(dec, Path(cfg.export_dir or cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")
     return res

@@ -12,6 +12,7 @@ from .config import ConfigError, apply_overrides, from_dict, read_yaml
 from .training import ProbeRunConfig, train_probe
 from .pyramid import ClipRunConfig, train_clip
 from .decoder import DecoderRunConfig, train_decoder
+from .pretrain import PretrainRunConfig, train_pretrain
 
 # %% auto #0
 __all__ = ['STAGES', 'resolve', 'main']
@@ -21,6 +22,7 @@ STAGES = {  # stage name -> (config dataclass, function that runs it)
     "probe": (ProbeRunConfig, train_probe),
     "clip": (ClipRunConfig, train_clip),
     "decoder": (DecoderRunConfig, train_decoder),
+    "pretrain": (PretrainRunConfig, train_pretrain),
 }
 
 def resolve(path, # the YAML config file

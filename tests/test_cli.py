@@ -35,6 +35,17 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert pyr["clip_steps"] == 20 and 0 <= pyr["retrieval"]["t2i_top1"] <= 1
     assert set(pyr["probe"]) == {"f0", "f1", "f2", "f3", "f4"} and "encoder" in report["stand_ins"]
     assert (out / "clip" / "model" / "model.safetensors").exists() and (out / "clip" / "metrics.jsonl").exists()
+    # the five decoders, Table 1, Figure 3, the samples index
+    assert all((out / "decoders" / f"unet_{n}" / "config.json").exists() for n in (1, 4, 16, 64, 256))
+    t1 = report["table1"]
+    assert list(t1) == ["f0", "f1", "f2", "f3", "f4"]
+    assert all(set(r) >= {"psnr_r", "lpips_r", "psnr_d", "lpips_d", "color", "shape", "position", "background"} for r in t1.values())
+    assert "lpips" in report["stand_ins"] and report["table1_info"]["n_images"] == 8
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert len(index) == 8 * 5 * 2 and {r["task"] for r in index} == {"reconstruct"}
+    assert all((out / r["path"]).exists() and (out / r["source"]).exists() for r in index)
+    assert {r["scale"] for r in index} == {0, 1, 2, 3, 4} and {r["seed"] for r in index} == {0, 1}
+    assert "## Table 1" in (out / "REPORT.md").read_text() and (out / "figure3.png").exists()
     w, h = Image.open(out / "gallery.png").size
     assert w > 500 and h > 500
 
@@ -42,3 +53,12 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
 def test_bad_preset_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "puma_nb.cli", "huge"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
+
+
+def test_config_file_matches_the_main_jobs_decoder_recipe():
+    from puma_nb.cli import decoder_recipe
+    from puma_nb.config import load_config, to_dict
+    from puma_nb.decoder import DecoderRunConfig
+    a = to_dict(load_config(DecoderRunConfig, ROOT / "configs" / "decoder_tiny.yaml"))
+    b = to_dict(decoder_recipe("runs/clip/model"))
+    assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}

@@ -137,3 +137,47 @@ def test_decoder_stage_from_its_config_file(tmp_path):
     assert d.n_tokens == 64 and d.embed_img_pos is None
     with pytest.raises(FileNotFoundError, match="no tiny CLIP"):
         train_main(args[:-1] + ["data.encoder=/nonexistent/clip"])
+
+
+def test_spatial_map_lays_each_token_on_the_cells_it_covers():
+    d = build_decoder(1)  # f1: 64 tokens, an 8x8 grid, each over 2x2 latent cells
+    f = torch.randn(2, 64, 64)
+    m = d.spatial_map(f, (16, 16))
+    assert m.shape == (2, d.spatial.out_features, 16, 16)
+    g = d.spatial(f)  # (2, 64, k)
+    for r, c in [(0, 0), (3, 14), (15, 15), (9, 2)]:
+        assert torch.equal(m[:, :, r, c], g[:, (r // 2) * 8 + c // 2])
+    assert build_decoder(4).spatial_map(torch.randn(1, 1, 64), (16, 16)).std(dim=(2, 3)).max() == 0  # f4: one token everywhere
+    assert d.unet.config.in_channels == 48 + d.spatial.out_features
+
+
+def test_sdxl_kind_refuses_the_tiny_spatial_input():
+    from puma_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="spatial_dim must be 0"):
+        DecoderConfig(kind="sdxl", feature_dim=1024, cross_attention_dim=2048, spatial_dim=64).validate()
+    with torch.device("meta"):
+        assert build_decoder(0, DecoderConfig(kind="sdxl", feature_dim=1024, cross_attention_dim=2048, spatial_dim=0)).spatial is None
+
+
+def test_saved_decoder_keeps_its_noise_schedule_and_sampling_uses_it(tmp_path):
+    d = build_decoder(3).eval()
+    d.scheduler_config = {"prediction_type": "sample", "beta_schedule": "linear", "beta_end": 0.02, "clip_sample": True}
+    save_puma_decoder(d, tmp_path / "unet_4")
+    d1 = load_puma_decoder(tmp_path / "unet_4").eval()
+    assert d1.scheduler_config == d.scheduler_config
+    assert torch.equal(d1.spatial.weight, d.spatial.weight)
+    f, fn = torch.randn(2, 4, 64), torch.randn(1, 4, 64)
+    g = lambda: torch.Generator().manual_seed(0)
+    a = sample(d1, f, fn, (48, 16, 16), steps=3, scheduler="ddim", generator=g())
+    b = sample(d1, f, fn, (48, 16, 16), steps=3, scheduler="ddim", generator=g(), prediction_type="epsilon")
+    assert torch.equal(a, sample(d, f, fn, (48, 16, 16), steps=3, scheduler="ddim", generator=g()))
+    assert not torch.allclose(a, b)  # an override of the saved schedule changes the result
+
+
+def test_guidance_one_runs_the_conditional_branch_alone():
+    d = build_decoder(2).eval()
+    f, fn = torch.randn(2, 16, 64), torch.randn(1, 16, 64)
+    g = lambda: torch.Generator().manual_seed(0)
+    one = sample(d, f, fn, (48, 16, 16), steps=3, guidance=1.0, scheduler="ddim", generator=g())
+    two = sample(d, f, fn, (48, 16, 16), steps=3, guidance=1.0 + 1e-7, scheduler="ddim", generator=g())  # both branches
+    assert torch.allclose(one, two, atol=1e-4)

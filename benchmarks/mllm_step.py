@@ -1,0 +1,56 @@
+"""Cost of one training step of PUMA's MLLM (word embeddings + input projector at the feature tokens + Llama +
+Eq. 2: CE on the text targets, regression head on the feature targets) against a plain transformers Llama step
+on the same sequence shape (input_ids, next-token CE over every position). Steps alternate; prints JSON.
+
+    python benchmarks/mllm_step.py                    # the tiny MLLM, a text-to-image batch
+    python benchmarks/mllm_step.py --batch 16 --steps 10
+"""
+import argparse, json, platform, statistics, time
+
+import torch
+
+from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, puma_loss, tiny_tokenizer
+from puma_nb.pyramid import SCALES
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    tok, cfg = tiny_tokenizer(), MLLMConfig()
+    ours = build_mllm(cfg, tok)
+    plain = build_mllm(cfg, tok).llm  # an identical Llama, without PUMA's projectors and loss
+    seqs = [build_sequence(tok, [Text("a large red circle at the top left on a white background"),
+                                 Image(flatten_pyramid([torch.randn(n, cfg.feature_dim) for n in SCALES]), target=True)])
+            for _ in range(args.batch)]
+    batch = collate_sequences(seqs, tok.pad_token_id)
+    ids = batch["input_ids"]
+    opt_a, opt_b = torch.optim.AdamW(ours.parameters(), 1e-4), torch.optim.AdamW(plain.parameters(), 1e-4)
+
+    def step_ours():
+        loss, _ = puma_loss(ours, batch)
+        opt_a.zero_grad(set_to_none=True); loss.backward(); opt_a.step()
+
+    def step_plain():
+        loss = plain(input_ids=ids, attention_mask=batch["attention_mask"], labels=ids).loss
+        opt_b.zero_grad(set_to_none=True); loss.backward(); opt_b.step()
+
+    times = {"ours": [], "plain": []}
+    for i in range(args.warmup + args.steps):
+        for name, fn in (("ours", step_ours), ("plain", step_plain)) if i % 2 else (("plain", step_plain), ("ours", step_ours)):
+            t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
+            if i >= args.warmup: times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({"benchmark": "MLLM training step vs plain transformers Llama step", "device": "cpu",
+                      "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                      "torch": torch.__version__, "batch": args.batch, "seq_len": ids.shape[1],
+                      "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
+                      "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
+                      "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

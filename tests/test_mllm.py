@@ -1,0 +1,142 @@
+"The MLLM: tokenizer, sequences and their targets, Eq. 2, cached generation, save/load, the 8B shape on meta."
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from puma_nb.mllm import (ALPHA, N_FEATURES, SCALE_ORDER, TOKENIZER_DIR, Image, MLLMConfig, PumaLM, Text, build_mllm,
+                          build_prompt, build_sequence, build_tokenizer, collate_sequences, flatten_pyramid, generate_features,
+                          generate_text, llama_config, load_mllm, puma_loss, save_mllm, scale_shares, shapesworld_words,
+                          tiny_tokenizer, unflatten_pyramid)
+from puma_nb.pyramid import SCALES
+from puma_nb import toyworld as tw
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def pyr(C=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, C, generator=g) for n in SCALES]
+
+
+def test_shipped_tokenizer_is_the_built_one_and_covers_every_text(tok):
+    assert (TOKENIZER_DIR / "tokenizer.json").exists(), "data/shapesworld_tokenizer is missing"
+    built = build_tokenizer()
+    assert tok.get_vocab() == built.get_vocab()
+    for task in tw.TASKS:
+        ds = tw.ShapesWorld("test", 50, task)
+        for i in range(50):
+            x = ds[i]
+            for k in ("caption", "instruction", "question", "answer", "phrase"):
+                if k in x:
+                    ids = tok(x[k], add_special_tokens=False)["input_ids"]
+                    assert tok.unk_token_id not in ids, (task, k, x[k])
+                    assert tok.decode(ids).replace(" ?", "?").replace(" '", "'").replace("' ", "'") == x[k].lower(), (task, k)
+    assert {"<s>", "</s>", "[IMG]", "[/IMG]", "<p0>", "<p223>"} <= set(tok.get_vocab())
+
+
+def test_pyramid_flattening_is_coarse_to_fine():
+    f = pyr()
+    flat = flatten_pyramid(f)
+    assert flat.shape == (N_FEATURES, 64) and SCALE_ORDER == (4, 3, 2, 1, 0)
+    assert torch.equal(flat[0], f[4][0]) and torch.equal(flat[1:5], f[3]) and torch.equal(flat[-256:], f[0])
+    assert all(torch.equal(a, b) for a, b in zip(unflatten_pyramid(flat), f))
+
+
+def test_sequence_targets_and_the_shift(tok):
+    seq = build_sequence(tok, [Text("a red circle"), Image(flatten_pyramid(pyr()), target=True)])
+    ids = seq["input_ids"]
+    img, end = tok.convert_tokens_to_ids("[IMG]"), tok.convert_tokens_to_ids("[/IMG]")
+    p = ids.tolist().index(img)
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and ids[p + 342] == end
+    assert seq["text_target"].nonzero().flatten().tolist() == [p, p + 342, len(ids) - 1]
+    assert seq["feature_target"].all() and len(seq["features"]) == N_FEATURES
+    # the shift: with a model whose hidden state is the *next* input's embedding, Eq. 2 is zero exactly when
+    # h_{p-1} predicts the feature at p
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2), tok)
+    b = collate_sequences([seq], tok.pad_token_id)
+    emb = m.embed(b["input_ids"], b["features"])
+    m.forward = lambda ids, feats, mask=None, pos=None, cache=None, use_cache=False: (torch.roll(emb, -1, 1), None)
+    with torch.no_grad():
+        m.output_proj.weight.copy_(torch.linalg.pinv(m.input_proj.weight)); m.output_proj.bias.copy_(-m.output_proj.weight @ m.input_proj.bias)
+    _, parts = puma_loss(m, b)
+    assert all(float(parts[f"mse_f{i}"]) < 1e-8 for i in range(5))
+
+
+def test_prompt_only_images_and_understanding_targets(tok):
+    seq = build_sequence(tok, [Image(flatten_pyramid(pyr())), Text("what color is the background?"), Text("white", target=True)])
+    assert not seq["feature_target"].any() and seq["text_target"].sum() == 2  # "white" and </s>
+
+
+def test_eq2_weights_and_normalisation(tok):
+    assert ALPHA == (1.0, 8.0, 64.0, 512.0, 1024.0)
+    s = scale_shares()
+    assert abs(sum(s) - 1) < 1e-9 and abs(s[4] - 1024 / 4864) < 1e-9 and abs(s[0] - 256 / 4864) < 1e-9
+    torch.manual_seed(0)
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2), tok)
+    b = collate_sequences([build_sequence(tok, [Text("a red circle"), Image(flatten_pyramid(pyr(seed=s)), target=True)]) for s in (0, 1)],
+                          tok.pad_token_id)
+    loss, parts = puma_loss(m, b)
+    mse = [float(parts[f"mse_f{i}"]) for i in range(5)]
+    expected = 0.02 * float(parts["ce"]) + sum(a * n * e for a, n, e in zip(ALPHA, SCALES, mse)) / 4864
+    assert abs(float(loss) - expected) < 1e-4 * abs(expected)
+    raw, _ = puma_loss(m, b, normalize="none")  # Eq. 2 as written: sums over tokens and channels, per image
+    assert abs(float(raw) - (0.02 * float(parts["ce"]) + 64 * sum(a * n * e for a, n, e in zip(ALPHA, SCALES, mse)))) < 1e-3 * float(raw)
+    loss2, _ = puma_loss(m, b, alpha=(0, 0, 0, 0, 1.0))
+    assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
+
+
+def test_cached_generation_equals_recomputing_the_prefix(tok):
+    torch.manual_seed(0)
+    m = build_mllm(MLLMConfig(), tok).eval()
+    prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
+               build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
+    a = generate_features(m, prompts, tok.pad_token_id, scale=1)
+    b = generate_features(m, prompts, tok.pad_token_id, scale=1, use_cache=False)
+    assert a.shape == (2, 85, 64) and torch.allclose(a, b, atol=1e-4)
+    # a left-padded prompt generates what it generates alone
+    alone = generate_features(m, prompts[:1], tok.pad_token_id, scale=2)
+    assert torch.allclose(alone, a[:1, :21], atol=1e-4)
+    # an editing prompt (an image in the prompt) too
+    ep = [build_prompt(tok, [Image(flatten_pyramid(pyr(seed=s))), Text("remove the red circle")], open_image=True) for s in (0, 1)]
+    assert torch.allclose(generate_features(m, ep, tok.pad_token_id, scale=3), generate_features(m, ep, tok.pad_token_id, scale=3, use_cache=False), atol=1e-4)
+    q = [build_prompt(tok, [Image(flatten_pyramid(pyr(seed=s))), Text("what shape is the red object?")]) for s in (0, 1)]
+    assert generate_text(m, tok, q, max_new_tokens=6) == generate_text(m, tok, q, max_new_tokens=6, use_cache=False)
+    g = lambda: torch.Generator().manual_seed(3)
+    assert generate_text(m, tok, q, 6, temperature=1.0, top_k=5, generator=g()) == generate_text(m, tok, q, 6, temperature=1.0, top_k=5, generator=g())
+
+
+def test_save_and_load(tok, tmp_path):
+    torch.manual_seed(0)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=1)
+    m = build_mllm(cfg, tok).eval()
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    m2, tok2, cfg2 = load_mllm(tmp_path / "m")
+    assert cfg2 == cfg and tok2.get_vocab() == tok.get_vocab()
+    p = [build_prompt(tok, [Text("a red circle")], open_image=True)]
+    assert torch.equal(generate_features(m, p, tok.pad_token_id, 3), generate_features(m2.eval(), p, tok.pad_token_id, 3))
+    with pytest.raises(FileNotFoundError, match="not an MLLM folder"):
+        load_mllm(tmp_path / "nothing")
+
+
+def test_llama3_8b_shape_on_meta():
+    with torch.device("meta"):
+        lc = llama_config(MLLMConfig(kind="llama3_8b", feature_dim=1024), 128_256 + 227)
+        lc._attn_implementation = "eager"
+        m = PumaLM(LlamaForCausalLM(lc), 1024, 128_256 + 6)
+        ids = torch.full((2, 365), 7); ids[:, 22:22 + 341] = 128_256 + 6
+        h, _ = m(ids, torch.randn(2 * 341, 1024), attention_mask=torch.ones_like(ids))
+    assert h.shape == (2, 365, 4096)
+    assert lc.num_hidden_layers == 32 and lc.num_key_value_heads == 8 and lc.hidden_size == 4096
+    assert 7.5e9 < sum(p.numel() for p in m.parameters()) < 8.5e9
+
+
+def test_bad_configs_are_clear_errors():
+    from puma_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="not divisible by heads"):
+        MLLMConfig(hidden_size=250, heads=4).validate()
+    with pytest.raises(ValueError, match="needs 341 features"):
+        build_sequence(tiny_tokenizer(), [Image(torch.zeros(5, 64))])

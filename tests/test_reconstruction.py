@@ -1,0 +1,73 @@
+"Table 1 on ShapesWorld: metrics, the LPIPS stand-in, the parser's survival rates, five decoders trained, exported and read back."
+import pytest
+import torch
+
+from puma_nb.decoder import DecoderDataConfig, DecoderRunConfig, DiffusionConfig, steps_per_scale
+from puma_nb.pyramid import SCALES, TinyClipConfig, load_clip, save_clip, tiny_clip, tiny_encoder
+from puma_nb.reconstruction import (ATTRIBUTES, chance_rates, figure3, load_decoders, lpips_distance, lpips_metric, psnr,
+                                    survival_rates, table1, table1_markdown, train_decoders)
+from puma_nb.toyworld import Obj, Scene, ShapesWorld, render, to_tensor
+from puma_nb.training import TrainConfig
+
+
+def test_psnr_values():
+    x = torch.zeros(2, 3, 8, 8)
+    y = x.clone(); y[0] += 0.1; y[1] += 0.01
+    assert torch.allclose(psnr(x, y), torch.tensor([20.0, 40.0]), atol=1e-3)
+
+
+def test_lpips_stand_in_is_named_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no AlexNet weights here
+    m1, name = lpips_metric(seed=0)
+    m2, _ = lpips_metric(seed=0)
+    assert name.startswith("stand-in") and "alexnet-owt-7be5be79.pth" in name and "randomly initialised" in name
+    x, y = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    a, b = lpips_distance(m1, x, y), lpips_distance(m2, x, y)
+    assert torch.equal(a, b) and (a > 0).all()
+    assert lpips_distance(m1, x, x).abs().max() < 1e-6
+
+
+def test_survival_rates_exact_and_chance():
+    scenes = [ShapesWorld("test", 60).scene(i) for i in range(60)]
+    exact = torch.stack([to_tensor(render(s)) for s in scenes])
+    assert survival_rates(scenes, exact) == {k: 1.0 for k in ATTRIBUTES}
+    chance = chance_rates(scenes)
+    assert all(0 <= v < 0.7 for v in chance.values())
+    # recolour every object: colours and the whole scene lost, shapes/positions keyed by colour lost too
+    swapped = [Scene(s.background, tuple(Obj(o.shape, "red" if o.color != "red" else "blue", o.size, o.position) for o in s.objects[:1]))
+               for s in scenes]
+    r = survival_rates(scenes, torch.stack([to_tensor(render(s)) for s in swapped]))
+    assert r["background"] == 1.0 and r["color"] == 0.0 and r["scene"] == 0.0
+    noise = torch.rand(5, 3, 64, 64)
+    assert survival_rates(scenes[:5], noise)["scene"] == 0.0
+
+
+def test_five_decoders_trained_exported_resumed_and_scored(tmp_path):
+    save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
+    base = DecoderRunConfig(train=TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, progress=False),
+                            diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True),
+                            data=DecoderDataConfig(encoder=str(tmp_path / "clip"), n_train=32))
+    res = train_decoders(base, 10, tmp_path / "dec", progress=False)
+    assert [r.step for r in res.values()] == steps_per_scale(10) == [3, 3, 2, 1, 1]  # 40:30:20:15:10 of 10 steps
+    assert {p.name for p in (tmp_path / "dec").iterdir()} >= {f"unet_{n}" for n in SCALES}
+    assert all(r is None for r in train_decoders(base, 10, tmp_path / "dec", progress=False).values())  # exported: skipped
+    decs = load_decoders(tmp_path / "dec")
+    assert [d.n_tokens for d in decs] == list(SCALES) and decs[0].scheduler_config["prediction_type"] == "sample"
+    clip, ccfg = load_clip(tmp_path / "clip")
+    enc = tiny_encoder(clip, ccfg)
+    ds = ShapesWorld("test", 4)
+    scenes = [ds.scene(i) for i in range(4)]
+    x = torch.stack([to_tensor(render(s)) for s in scenes])
+    rows, decoded = table1(decs, enc, x, scenes, steps=2, guidance=2.0, lpips_model=lpips_metric()[0], progress=False)
+    assert list(rows) == ["f0", "f1", "f2", "f3", "f4"]
+    for r in rows.values():
+        assert set(r) == {"psnr_r", "lpips_r", "psnr_d", "lpips_d", *ATTRIBUTES}
+        assert 0 < r["psnr_r"] < 60 and r["lpips_d"] >= 0 and all(0 <= r[a] <= 1 for a in ATTRIBUTES)
+    assert decoded[0].shape == (4, 2, 3, 64, 64)
+    assert "| f4 |" in table1_markdown(rows, chance_rates(scenes))
+    figure3(x, decoded, n=2)
+
+
+def test_load_decoders_names_the_missing_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="unet_1"):
+        load_decoders(tmp_path)
