@@ -5,10 +5,11 @@ plain epsilon-MSE). Steps alternate between the two, so that both see the same m
     python benchmarks/decoder_step.py                 # the tiny D_0 on CPU
     python benchmarks/decoder_step.py --batch 32 --steps 30
 """
-import argparse, json, platform, statistics, time
+import argparse, json, platform
 
 import torch
 import torch.nn.functional as F
+from _timing import alternate
 
 from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler
 
@@ -42,12 +43,7 @@ def main():
         loss = F.mse_loss(plain(torch.cat([sch.add_noise(z0, noise, t), extra], 1), t, encoder_hidden_states=h).sample, noise)
         opt_b.zero_grad(set_to_none=True); loss.backward(); opt_b.step()
 
-    times = {"ours": [], "plain": []}
-    for i in range(args.warmup + args.steps):
-        for name, fn in (("ours", step_ours), ("plain", step_plain)) if i % 2 else (("plain", step_plain), ("ours", step_ours)):
-            t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
-            if i >= args.warmup: times[name].append(dt)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({
         "benchmark": "decoder training step vs plain diffusers UNet step", "device": "cpu", "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale,

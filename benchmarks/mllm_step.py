@@ -5,9 +5,10 @@ on the same sequence shape (input_ids, next-token CE over every position). Steps
     python benchmarks/mllm_step.py                    # the tiny MLLM, a text-to-image batch
     python benchmarks/mllm_step.py --batch 16 --steps 10
 """
-import argparse, json, platform, statistics, time
+import argparse, json, platform
 
 import torch
+from _timing import alternate
 
 from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, puma_loss, tiny_tokenizer
 from puma_nb.pyramid import SCALES
@@ -38,12 +39,7 @@ def main():
         loss = plain(input_ids=ids, attention_mask=batch["attention_mask"], labels=ids).loss
         opt_b.zero_grad(set_to_none=True); loss.backward(); opt_b.step()
 
-    times = {"ours": [], "plain": []}
-    for i in range(args.warmup + args.steps):
-        for name, fn in (("ours", step_ours), ("plain", step_plain)) if i % 2 else (("plain", step_plain), ("ours", step_ours)):
-            t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
-            if i >= args.warmup: times[name].append(dt)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({"benchmark": "MLLM training step vs plain transformers Llama step", "device": "cpu",
                       "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "batch": args.batch, "seq_len": ids.shape[1],

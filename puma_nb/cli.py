@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import toyworld as tw
@@ -125,7 +126,7 @@ def build_decoders(p:Preset, out:Path) -> dict:
     enc = tiny_encoder(clip, ccfg)
     ds = tw.ShapesWorld("test", p.table1_n, "caption", p.seed)
     scenes = [ds.scene(i) for i in range(p.table1_n)]
-    x = __import__("torch").stack([tw.to_tensor(tw.render(s)) for s in scenes])
+    x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes])
     lp, lp_name = lpips_metric()
     sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
     rows, decoded = table1(load_decoders(out / "decoders"), enc, x, scenes, seeds=(0, 1), lpips_model=lp, **sampling)
