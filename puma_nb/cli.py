@@ -5,7 +5,7 @@
 # %% ../nbs/99_cli.ipynb #6f6b4253
 from __future__ import annotations
 import argparse, json, sys, time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,16 @@ from .pyramid import ClipRunConfig, load_clip, probe_scales, tiny_encoder, train
 from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, DiffusionConfig
 from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders, lpips_metric, table1,
                                     table1_markdown, train_decoders)
-from .training import TrainConfig
+from .training import ParamGroup, TrainConfig
+from .mllm import MLLMConfig, load_mllm
+from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, train_pretrain
+from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
+                              conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
-__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'Preset', 'build_data', 'dataset_card', 'build_encoder', 'decoder_recipe',
-           'build_decoders', 'human_report', 'run_main_job', 'main']
+__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE3', 'Preset', 'build_data', 'dataset_card', 'build_encoder',
+           'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms',
+           'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -36,9 +41,13 @@ class Preset:
     decoder_steps: int = 2875  # D_0 … D_4 together, split 40:30:20:15:10
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
+    pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
+    instruct_steps: dict = field(default_factory=lambda: {"t2i": 300, "edit": 300, "conditional": 300, "understanding": 300})
+    eval_n: int = 100  # test examples per instruct task for Tables 2, 3, 5, conditional and understanding
     seed: int = 0  # ShapesWorld seed
 
-PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4),
+PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
+                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), eval_n=6),
            "toy": Preset("toy", 20_000, 500, 500, clip_steps=400)}
 
 def _task_row(ds:tw.ShapesWorld, i:int) -> dict:
@@ -145,6 +154,100 @@ def build_decoders(p:Preset, out:Path) -> dict:
     return {"table1": rows, "chance": chance_rates(scenes), "sampling": sampling, "lpips": lp_name, "n_images": p.table1_n,
             "index": index}
 
+def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
+    "The tiny pretraining recipe, as `configs/pretrain_tiny.yaml` writes it (a test keeps the two equal)."
+    return PretrainRunConfig(
+        train=TrainConfig(steps=1000, batch_size=16, lr=1e-3, param_groups=[ParamGroup(PROJECTORS, lr=3e-3)], warmup_steps=20,
+                          schedule="cosine", grad_clip=5.0, precision="bf16", log_every=20, ckpt_every=250, out_dir="runs/pretrain"),
+        model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024),
+        data=PretrainDataConfig(encoder=str(encoder)))
+
+def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:
+    "The tiny instruct recipe of one task, as `configs/instruct_tiny.yaml` writes it (a test keeps the two equal)."
+    return InstructRunConfig(task=task, init=str(init), data=InstructDataConfig(encoder=str(encoder)),
+                             train=TrainConfig(steps=300, batch_size=16, lr=5e-4, warmup_steps=15, schedule="cosine", grad_clip=5.0,
+                                               precision="bf16", log_every=20, ckpt_every=100, out_dir=f"runs/instruct/{task}"))
+
+def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensors").exists()
+
+def build_mllms(p:Preset, out:Path) -> dict:
+    "Pretrain the MLLM, then tune the four instruct models from it (each resuming, and skipped once saved)."
+    enc, steps = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}
+    pre = pretrain_recipe(enc)
+    pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
+    pre.data.n_train, pre.data.seed = p.n_train, p.seed
+    if not _finished(out / "pretrain"): train_pretrain(pre)
+    for task in INSTRUCT_TASKS:
+        cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
+        n = p.instruct_steps[task]
+        cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
+        cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
+        if not _finished(out / "instruct" / task): train_instruct(cfg)
+    return {"steps": steps, "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
+
+def _save(out:Path, task:str, items:list[dict], pictures:dict, index:list, seed:int=0, **row):
+    "Write generated pictures `{scale: (B, 3, H, W)}` under `samples/<task>/` with an `index.json` row each."
+    from PIL import Image
+    folder = out / "samples" / task
+    folder.mkdir(parents=True, exist_ok=True)
+    for b, it in enumerate(items):
+        src = None
+        for key in ("source", "condition"):
+            if key in it:
+                src = f"samples/{task}/{b:04d}_{key}.png"; Image.fromarray(tw.to_image(it[key])).save(out / src)
+        for i, y in pictures.items():
+            name = f"{b:04d}_f{i}_seed{seed}.png"
+            Image.fromarray(tw.to_image(y[b])).save(folder / name)
+            index.append({"task": it.get("kind") if task == "conditional" else task, "prompt": it.get("prompt", it["caption"]),
+                          "instruction": it.get("instruction"), "source": src, "scene": it["scene"], "scale": i, "seed": seed,
+                          "path": f"samples/{task}/{name}"})
+
+def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
+    "Understanding, Table 2 (text-to-image per scale), Table 3 (editing), conditional generation; pictures to `samples/`."
+    import matplotlib.pyplot as plt
+    clip, ccfg = load_clip(out / "clip" / "model")
+    enc, Ds, n = tiny_encoder(clip, ccfg), load_decoders(out / "decoders"), p.eval_n
+    sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
+    data = lambda task: [InstructData(task, n, "test", p.seed)[k] for k in range(n)]
+    model = lambda task: load_mllm(out / "instruct" / task / "model")[:2]
+    res, index = {"eval_info": {"n": n, "sampling": sampling}}, []
+    m, tok = model("understanding"); qa = data("understanding")
+    answers = answer(m, tok, enc, qa)
+    res["understanding"] = understanding_scores(qa, answers)
+    res["understanding"]["examples"] = [{"question": q["question"], "answer": q["answer"], "model": a} for q, a in zip(qa[:8], answers)]
+    m, tok = model("t2i"); items = data("t2i")
+    res["table2"], pics = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), lpips_model=lpips_model, **sampling)
+    _save(out, "t2i", items, pics, index)
+    fig = picture_grid([[it["image"] for it in items[:6]]] + [list(pics[i][:6]) for i in (4, 3, 2, 1, 0)],
+                       ["caption's scene", "f4", "f3", "f2", "f1", "f0"], [it["caption"] for it in items[:6]])
+    fig.savefig(out / "figure10.png", dpi=100); plt.close(fig)
+    m, tok = model("edit"); items = data("edit")
+    res["table3"], pics = edit_table(m, tok, enc, Ds, items, scales=(0, 1), **sampling)
+    _save(out, "edit", items, pics, index)
+    fig = picture_grid([[it["source"] for it in items[:6]], list(pics[1][:6]), list(pics[0][:6]), [it["image"] for it in items[:6]]],
+                       ["source", "edit from f1", "edit from f0", "target"], [it["instruction"] for it in items[:6]])
+    fig.savefig(out / "figure9.png", dpi=100); plt.close(fig)
+    m, tok = model("conditional"); items = data("conditional")
+    res["conditional"], y = conditional_table(m, tok, enc, Ds[0], items, **sampling)
+    _save(out, "conditional", items, {0: y}, index)
+    fig = picture_grid([[it["condition"] for it in items[:6]], list(y[:6]), [it["image"] for it in items[:6]]],
+                       ["condition", "generated (f0)", "target"], [it["kind"] for it in items[:6]])
+    fig.savefig(out / "figure_conditional.png", dpi=100); plt.close(fig)
+    res["index"] = index
+    return res
+
+def picture_grid(rows:list[list[torch.Tensor]], row_names:list[str], col_names:list[str]):
+    "A figure of pictures: one row per list, named on the left; columns titled (wrapped) on top."
+    import matplotlib.pyplot as plt, textwrap
+    fig, axs = plt.subplots(len(rows), len(rows[0]), figsize=(1.6 * len(rows[0]), 1.7 * len(rows) + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            ax = axs[r, c]; ax.imshow(tw.to_image(im)); ax.set_xticks([]); ax.set_yticks([])
+            if c == 0: ax.set_ylabel(row_names[r], fontsize=8)
+            if r == 0: ax.set_title("\n".join(textwrap.wrap(col_names[c], 24)[:3]), fontsize=6)
+    fig.tight_layout()
+    return fig
+
 def human_report(report:dict) -> str:
     "`REPORT.md`: each of our tables beside the paper's numbers, with the figures."
     t1 = report["table1"]
@@ -162,7 +265,51 @@ def human_report(report:dict) -> str:
               "| scale | PSNR_r ↑ | LPIPS_r ↓ | PSNR_d ↓ | LPIPS_d ↑ |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['psnr_r']:.2f} | {v['lpips_r']:.4f} | {v['psnr_d']:.2f} | {v['lpips_d']:.4f} |" for k, v in PAPER_TABLE1.items()]
     lines += ["", "## Figure 3", "", "![An original and its decodings from f0 to f4](figure3.png)", ""]
+    if "table2" in report: lines += mllm_report(report)
     return "\n".join(lines)
+
+PAPER_TABLE6 = {"f4": (0.699, 0.295), "f3": (0.703, 0.300), "f2": (0.703, 0.301), "f1": (0.693, 0.299), "f0": (0.621, 0.280),
+                "max5": (0.736, 0.317)}  # MSCOCO-30K: CLIP-I, CLIP-T (Tables 2 and 6)
+PAPER_TABLE3 = {"f1": (0.802, 0.258, 0.679), "f0": (0.840, 0.264, 0.784), "max5": (0.846, 0.270, 0.785)}  # Emu-Edit: CLIP-I, CLIP-T, DINO
+
+def mllm_report(report:dict) -> list[str]:
+    "The MLLM sections of `REPORT.md`."
+    info, u = report["mllm_info"], report["understanding"]
+    pct = lambda v: f"{v:.0%}"
+    lines = ["## The MLLM (§3.3–3.4)", "",
+             f"Pretraining {info['steps']['pretrain']} steps, then four instruct models "
+             f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t != 'pretrain')} steps), recipes in {info['recipes']}. "
+             f"Each test below uses {report['eval_info']['n']} held-out examples; pictures decoded with {report['eval_info']['sampling']}.",
+             "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",
+             "| kind | " + " | ".join(u["per_kind"]) + " |", "|---|" + "---|" * len(u["per_kind"]),
+             "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |", "",
+             "## Table 2 / Table 6: text-to-image per scale", "",
+             "Ours: the parsed picture keeps the caption's colours, shapes (with colour), positions (with colour), background, "
+             "whole scene; LPIPS_d between two seeds. *max5*: a prompt counts when any of its five pictures does. "
+             "The paper's CLIP-I / CLIP-T on MSCOCO-30K beside it.", "",
+             "| scale | colour | shape | position | background | scene | LPIPS_d ↑ | paper CLIP-I | paper CLIP-T |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in report["table2"].items():
+        ci, ct = PAPER_TABLE6[k]
+        lp = f"{r['lpips_d']:.3f}" if "lpips_d" in r else "–"
+        lines.append(f"| {k} | {pct(r['color'])} | {pct(r['shape'])} | {pct(r['position'])} | {pct(r['background'])} | "
+                     f"{pct(r['scene'])} | {lp} | {ci} | {ct} |")
+    lines += ["", "![Text-to-image at five scales (the paper's Fig. 10)](figure10.png)", "",
+              "## Table 3: editing", "", "Ours: the parsed result *is* the target scene (edit success), per decoding scale; the "
+              "paper's Emu-Edit CLIP-I / CLIP-T / DINO beside it.", "",
+              "| scale | edit success | colour | shape | position | background | paper CLIP-I | paper CLIP-T | paper DINO |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in report["table3"].items():
+        pi = PAPER_TABLE3[k]
+        lines.append(f"| {k} | {pct(r['edit_success'])} | {pct(r['color'])} | {pct(r['shape'])} | {pct(r['position'])} | "
+                     f"{pct(r['background'])} | {pi[0]} | {pi[1]} | {pi[2]} |")
+    kinds = list(report["table3"]["f0"]["per_kind"])
+    lines += ["", "Edit success per kind (f0): " + ", ".join(f"{k} {pct(report['table3']['f0']['per_kind'][k])}" for k in kinds), "",
+              "![Edits decoded from f1 and f0 (the paper's Fig. 9)](figure9.png)", "",
+              "## Conditional generation (f0)", "", "| task | what must be right | score | whole scene |", "|---|---|---|---|"]
+    lines += [f"| {k} | {CONDITIONAL_SCORE[k]} | {pct(r['score'])} | {pct(r['scene'])} |" for k, r in report["conditional"].items()]
+    lines += ["", "![Conditions, generations, targets](figure_conditional.png)", ""]
+    return lines
 
 def run_main_job(preset:str="toy", # `toy` or `smoke`
                  out_dir:str|None=None, # the run folder; default `runs/<preset>`
@@ -180,14 +327,18 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
     fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
     pyr = build_encoder(p, out)
     rec = build_decoders(p, out)
-    (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index"), indent=0))
+    mllm_info = build_mllms(p, out)
+    ev = evaluate_mllms(p, out, lpips_metric()[0])
+    (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index") + ev.pop("index"), indent=0))
     report = {"preset": preset, "seconds": round(time.time() - t0, 1), "config": to_dict(p), "dataset": stats,
-              "pyramid": pyr, "table1": rec.pop("table1"), "table1_info": rec,
+              "pyramid": pyr, "table1": rec.pop("table1"), "table1_info": rec, "mllm_info": mllm_info, **ev,
               "stand_ins": {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) "
                                        "in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
                             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, "
                                         "f_i also laid on the latent grid) in place of SDXL UNets with SDXL's VAE",
-                            "lpips": rec["lpips"]}}
+                            "lpips": rec["lpips"],
+                            "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld "
+                                    "tokenizer, pretrained for minutes, in place of LLaMA-3-8B"}}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "REPORT.md").write_text(human_report(report))
     print(f"puma-nb {preset}: done in {report['seconds']} s — {out}/report.json, REPORT.md, figure3.png, samples/")

@@ -23,7 +23,7 @@ from .pyramid import SCALES
 __all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace', 'VAESpace',
            'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler',
            'sample', 'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'DiffusionConfig',
-           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'train_decoder']
+           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -280,6 +280,7 @@ class DecoderRunConfig:
     stage: Literal["decoder"] = "decoder"
     scale: int = 0                      # i: D_i conditions on f_i
     export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)
+    init: str = ""                      # a `unet_<n>` folder to start from (PUMA starts every D_i from SDXL); "" = random
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=16, lr=8e-5, schedule="linear",
                                                                    grad_clip=1.0, out_dir="runs/decoders/f0"))
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -298,6 +299,17 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
         return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset)
     return loss_fn
 
+def init_from(dec:Decoder, src:Decoder) -> list[str]:
+    "Copy `src`'s weights into `dec` (another scale's decoder of the same shape); returns the keys left as they were."
+    own, theirs = dec.state_dict(), src.state_dict()
+    bad = [k for k in own if k in theirs and own[k].shape != theirs[k].shape and not k.startswith("embed_img_pos")]
+    if bad or not set(own) & set(theirs):
+        raise ConfigError(f"init: the decoder to start from has another shape (first mismatches: {bad[:3]}); "
+                          "it must share model.* with this one")
+    keep = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    dec.load_state_dict(keep, strict=False)
+    return sorted(set(own) - set(keep))
+
 def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     "The decoder stage: train D_i with `fit`, then save it in PUMA's layout as `<out_dir>/unet_<n>`."
     clip, ccfg = load_clip(cfg.data.encoder)
@@ -306,6 +318,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
     dec = build_decoder(cfg.scale, cfg.model)
+    if cfg.init: init_from(dec, load_puma_decoder(cfg.init))
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     f_null = null_features(enc, cfg.scale, ccfg.image_size)

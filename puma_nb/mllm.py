@@ -306,12 +306,15 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
 
 # %% ../nbs/06_mllm.ipynb #5ab00ce0
 def save_mllm(model:PumaLM, tok, cfg:MLLMConfig, folder):
-    "Write config, weights (safetensors) and tokenizer to `folder`."
+    "Write config, weights (safetensors) and tokenizer to `folder`, all or nothing: built beside it, then renamed into place."
     from puma_nb.config import to_dict
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"puma": to_dict(cfg), "llama": model.llm.config.to_dict()}, indent=1))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    tok.save_pretrained(folder)
+    import shutil
+    folder = Path(folder); tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps({"puma": to_dict(cfg), "llama": model.llm.config.to_dict()}, indent=1))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True); tmp.rename(folder)  # a folder that exists is a whole one
 
 def load_mllm(folder, device="cpu") -> tuple[PumaLM, PreTrainedTokenizerFast, MLLMConfig]:
     "Read a folder written by `save_mllm`, with a clear error when it is not one."

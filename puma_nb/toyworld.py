@@ -440,6 +440,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         elif self.task in CONDITION_KINDS:
             c = make_condition(s, self.task, rng)
             out.update(condition=to_tensor(c.image), image=to_tensor(render(s)), instruction=c.instruction, kind=c.kind)
+            if c.masked: out["masked"] = c.masked  # inpainting: the cell under the mask
         elif self.task == "qa":
             q = sample_qa(s, rng)
             out.update(image=to_tensor(render(s)), question=q.question, answer=q.answer, kind=q.kind)

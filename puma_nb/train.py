@@ -13,6 +13,7 @@ from .training import ProbeRunConfig, train_probe
 from .pyramid import ClipRunConfig, train_clip
 from .decoder import DecoderRunConfig, train_decoder
 from .pretrain import PretrainRunConfig, train_pretrain
+from .instruct import InstructRunConfig, train_instruct
 
 # %% auto #0
 __all__ = ['STAGES', 'resolve', 'main']
@@ -23,6 +24,7 @@ STAGES = {  # stage name -> (config dataclass, function that runs it)
     "clip": (ClipRunConfig, train_clip),
     "decoder": (DecoderRunConfig, train_decoder),
     "pretrain": (PretrainRunConfig, train_pretrain),
+    "instruct": (InstructRunConfig, train_instruct),
 }
 
 def resolve(path, # the YAML config file

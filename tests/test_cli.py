@@ -42,10 +42,23 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert all(set(r) >= {"psnr_r", "lpips_r", "psnr_d", "lpips_d", "color", "shape", "position", "background"} for r in t1.values())
     assert "lpips" in report["stand_ins"] and report["table1_info"]["n_images"] == 8
     index = json.loads((out / "samples" / "index.json").read_text())
-    assert len(index) == 8 * 5 * 2 and {r["task"] for r in index} == {"reconstruct"}
-    assert all((out / r["path"]).exists() and (out / r["source"]).exists() for r in index)
-    assert {r["scale"] for r in index} == {0, 1, 2, 3, 4} and {r["seed"] for r in index} == {0, 1}
-    assert "## Table 1" in (out / "REPORT.md").read_text() and (out / "figure3.png").exists()
+    rec = [r for r in index if r["task"] == "reconstruct"]
+    assert len(rec) == 8 * 5 * 2 and all((out / r["source"]).exists() for r in rec)
+    assert {r["scale"] for r in rec} == {0, 1, 2, 3, 4} and {r["seed"] for r in rec} == {0, 1}
+    # the MLLM: pretraining, four instruct models, their scores and pictures
+    assert all((out / d / "model" / "model.safetensors").exists()
+               for d in ("pretrain", "instruct/t2i", "instruct/edit", "instruct/conditional", "instruct/understanding"))
+    from collections import Counter
+    assert Counter(r["task"] for r in index) == {"reconstruct": 80, "t2i": 6 * 5, "edit": 6 * 2, "canny": 2, "inpaint": 2, "colorize": 2}
+    assert all((out / r["path"]).exists() for r in index)
+    assert all(r["source"] and (out / r["source"]).exists() for r in index if r["task"] in ("edit", "canny", "inpaint", "colorize"))
+    assert list(report["table2"]) == ["f0", "f1", "f2", "f3", "f4", "max5"] and "lpips_d" in report["table2"]["f4"]
+    assert all(report["table2"]["max5"][k] >= report["table2"][f"f{i}"][k] - 1e-9 for k in ("color", "shape") for i in range(5))
+    assert set(report["table3"]) == {"f0", "f1"} and 0 <= report["table3"]["f0"]["edit_success"] <= 1
+    assert set(report["conditional"]) == {"canny", "inpaint", "colorize"} and 0 <= report["understanding"]["accuracy"] <= 1
+    text = (out / "REPORT.md").read_text()
+    assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "### Understanding", "## Conditional generation"))
+    assert all((out / f).exists() for f in ("figure3.png", "figure9.png", "figure10.png", "figure_conditional.png"))
     w, h = Image.open(out / "gallery.png").size
     assert w > 500 and h > 500
 
@@ -62,3 +75,17 @@ def test_config_file_matches_the_main_jobs_decoder_recipe():
     a = to_dict(load_config(DecoderRunConfig, ROOT / "configs" / "decoder_tiny.yaml"))
     b = to_dict(decoder_recipe("runs/clip/model"))
     assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def test_config_files_match_the_main_jobs_mllm_recipes():
+    from puma_nb.cli import instruct_recipe, pretrain_recipe
+    from puma_nb.config import load_config, to_dict
+    from puma_nb.instruct import INSTRUCT_TASKS, InstructRunConfig
+    from puma_nb.pretrain import PretrainRunConfig
+    a = to_dict(load_config(PretrainRunConfig, ROOT / "configs" / "pretrain_tiny.yaml"))
+    b = to_dict(pretrain_recipe("runs/clip/model"))
+    assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    for task in INSTRUCT_TASKS:
+        a = to_dict(load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", [f"task={task}", f"train.out_dir=runs/instruct/{task}"]))
+        b = to_dict(instruct_recipe(task, "runs/pretrain/model", "runs/clip/model"))
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}

@@ -181,3 +181,16 @@ def test_guidance_one_runs_the_conditional_branch_alone():
     one = sample(d, f, fn, (48, 16, 16), steps=3, guidance=1.0, scheduler="ddim", generator=g())
     two = sample(d, f, fn, (48, 16, 16), steps=3, guidance=1.0 + 1e-7, scheduler="ddim", generator=g())  # both branches
     assert torch.allclose(one, two, atol=1e-4)
+
+
+def test_a_coarse_decoder_starts_from_a_finer_one():
+    from puma_nb.config import ConfigError
+    from puma_nb.decoder import init_from
+    torch.manual_seed(0)
+    d0, d3 = build_decoder(0, DecoderConfig()), build_decoder(3, DecoderConfig())
+    left = init_from(d3, d0)
+    assert left == [] or all(k.startswith("embed_img_pos") for k in left)
+    s0, s3 = d0.state_dict(), d3.state_dict()
+    assert all(torch.equal(s3[k], s0[k]) for k in s3 if k in s0 and s0[k].shape == s3[k].shape)
+    with pytest.raises(ConfigError, match="another shape"):
+        init_from(build_decoder(3, DecoderConfig(block_out_channels=(16, 32))), d0)

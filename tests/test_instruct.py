@@ -1,0 +1,129 @@
+"Instruct tuning: the four data sets and templates, the stage through its config file, generation and the exact scores."
+import subprocess, sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from puma_nb import toyworld as tw
+from puma_nb.config import ConfigError, load_config
+from puma_nb.decoder import DecoderConfig, build_decoder
+from puma_nb.instruct import (IMAGE_KEYS, INSTRUCT_TASKS, InstructData, InstructRunConfig, answer, encode_items, generate_images,
+                              inpaint_restored, instruct_collate, instruct_segments, scene_scores, train_instruct,
+                              understanding_scores)
+from puma_nb.mllm import MLLMConfig, build_mllm, build_sequence, load_mllm, save_mllm, tiny_tokenizer
+from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip, tiny_encoder
+from puma_nb.training import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2)
+
+
+def test_data_is_deterministic_and_covers_every_kind():
+    cond = InstructData("conditional", 90)
+    assert Counter(cond[k]["kind"] for k in range(90)) == {"canny": 30, "inpaint": 30, "colorize": 30}
+    assert all(cond[k]["masked"] for k in range(90) if cond[k]["kind"] == "inpaint")
+    assert [cond[k]["prompt"] for k in range(20)] == [InstructData("conditional", 90)[k]["prompt"] for k in range(20)]
+    assert all(InstructData("conditional", 30, p_instruction=0)[k]["prompt"] == cond[k]["caption"] for k in range(30))
+    assert all(InstructData("conditional", 30, p_instruction=1)[k]["prompt"].startswith("Please") for k in range(30))
+    edits = InstructData("edit", 200)
+    assert set(Counter(edits[k]["kind"] for k in range(200))) == set(tw.EDIT_KINDS)
+    e = edits[4]  # the scene to score against is the edit's target, not its source
+    assert e["scene"] != tw.ShapesWorld("train", 200, "edit")[4]["scene"] or e["kind"] == "change_background"
+    assert tw.parse(tw.to_image(e["image"])).scene == tw.Scene.from_dict(e["scene"])
+    with pytest.raises(ValueError, match="unknown instruct task"): InstructData("caption", 3)
+    with pytest.raises(ValueError, match="p_instruction"): InstructData("conditional", 3, p_instruction=2)
+
+
+def test_templates_target_only_the_output():
+    tok = tiny_tokenizer()
+    f = {k: torch.randn(341, 8) for k in IMAGE_KEYS}
+    for task in INSTRUCT_TASKS:
+        it = InstructData(task, 5)[2]
+        seq = build_sequence(tok, instruct_segments(it, f))
+        ids = seq["input_ids"]
+        assert tok.unk_token_id not in ids.tolist(), task
+        if task == "understanding":
+            assert tok.decode(ids[seq["text_target"]]) == f"{it['answer']} </s>" and not seq["feature_target"].any()
+            assert tok.decode(ids[:30]).startswith("<s> a chat between a curious user")
+        else:
+            n_in = 0 if task == "t2i" else 341
+            assert seq["feature_target"].tolist() == [False] * n_in + [True] * 341, task
+            assert torch.equal(seq["features"][n_in:], f["image"])  # the target picture's features are the targets
+            assert tok.decode(ids[seq["text_target"]]) == "[IMG] [/IMG] </s>"
+        prompt = instruct_segments(it, f, with_target=False)
+        assert len(prompt) == len(instruct_segments(it, f)) - 1
+
+
+def test_collate_encodes_every_picture():
+    clip, ccfg = tiny_clip(), TinyClipConfig()
+    enc, tok = tiny_encoder(clip, ccfg), tiny_tokenizer()
+    items = [InstructData("edit", 4)[k] for k in range(4)]
+    fs = encode_items(enc, items)
+    assert set(fs[0]) == {"image", "source"} and fs[0]["source"].shape == (341, enc.width)
+    batch = instruct_collate(enc, tok)(items)
+    assert batch["features"].shape == (4 * 682, enc.width) and batch["feature_target"].sum() == 4 * 341
+
+
+def test_scores_are_exact():
+    items = [InstructData("t2i", 20, "test")[k] for k in range(20)]
+    truth = torch.stack([it["image"] for it in items])
+    assert scene_scores(items, truth) == {"color": 1.0, "shape": 1.0, "position": 1.0, "background": 1.0, "scene": 1.0}
+    shuffled = scene_scores(items, truth.roll(1, 0))
+    assert shuffled["scene"] < 0.2 and shuffled["color"] < 0.5  # (a few neighbours share a scene)
+    inp = next(x for x in (InstructData("conditional", 30, "test")[k] for k in range(30)) if x["kind"] == "inpaint")
+    assert inpaint_restored(inp, inp["image"]) and not inpaint_restored(inp, inp["condition"])
+    qa = [InstructData("understanding", 10, "test")[k] for k in range(10)]
+    s = understanding_scores(qa, [q["answer"] for q in qa[:5]] + ["nonsense"] * 5)
+    assert s["accuracy"] == 0.5 and set(s["per_kind"]) == {q["kind"] for q in qa}
+
+
+def test_generation_shapes():
+    torch.manual_seed(0)
+    clip, ccfg = tiny_clip(), TinyClipConfig()
+    enc, tok = tiny_encoder(clip, ccfg), tiny_tokenizer()
+    model = build_mllm(MLLMConfig(feature_dim=enc.width, **SMALL), tok).eval()
+    items = [InstructData("edit", 3, "test")[k] for k in range(3)]
+    D = build_decoder(3, DecoderConfig(feature_dim=enc.width)).eval()
+    y = generate_images(model, tok, enc, D, items, scale=3, steps=2, guidance=1.0)
+    assert y.shape == (3, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
+    a = answer(model, tok, enc, [InstructData("understanding", 3, "test")[k] for k in range(3)], max_new_tokens=2)
+    assert len(a) == 3 and all(isinstance(s, str) for s in a)
+
+
+def _init(tmp_path, feature_dim=None):
+    clip, ccfg = tiny_clip(), TinyClipConfig()
+    save_clip(clip, ccfg, tmp_path / "clip")
+    width = tiny_encoder(clip, ccfg).width
+    tok = tiny_tokenizer()
+    cfg = MLLMConfig(feature_dim=feature_dim or width, **SMALL)
+    save_mllm(build_mllm(cfg, tok), tok, cfg, tmp_path / "pre")
+
+
+def test_instruct_stage_from_its_config_file(tmp_path):
+    _init(tmp_path)
+    cfg = load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml")
+    assert cfg.task == "t2i" and cfg.train.precision == "bf16"
+    args = ["--config", str(ROOT / "configs" / "instruct_tiny.yaml"), "task=understanding", f"init={tmp_path / 'pre'}",
+            f"data.encoder={tmp_path / 'clip'}", "data.n_train=100", "train.steps=4", "train.warmup_steps=1", "train.batch_size=4",
+            "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}"]
+    r = subprocess.run([sys.executable, "-m", "puma_nb.train", *args], capture_output=True, text=True,
+                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = read_metrics(tmp_path / "und")
+    assert len(rows) == 4 and all(r["mse_f0"] == 0 for r in rows)  # understanding: no picture to generate
+    model, tok, mcfg = load_mllm(tmp_path / "und" / "model")
+    before, _, _ = load_mllm(tmp_path / "pre")
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed and "output_proj.weight" not in changed  # the regression head gets no gradient from answers
+
+
+def test_instruct_stage_refuses_bad_inputs(tmp_path):
+    _init(tmp_path, feature_dim=24)
+    base = InstructRunConfig(init=str(tmp_path / "pre"))
+    base.data.encoder = str(tmp_path / "clip")
+    with pytest.raises(ConfigError, match="reads 24-wide features"): train_instruct(base)
+    base.init = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="run the pretraining stage first"): train_instruct(base)
+    with pytest.raises(ConfigError): load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=captioning"])
