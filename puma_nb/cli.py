@@ -21,13 +21,14 @@ from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders,
 from .training import ParamGroup, TrainConfig
 from .mllm import MLLMConfig, load_mllm
 from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, train_pretrain
+from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
 from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
-__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE3', 'Preset', 'build_data', 'dataset_card', 'build_encoder',
-           'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms',
-           'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
+__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'Preset', 'build_data', 'dataset_card',
+           'build_encoder', 'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms',
+           'evaluate_mllms', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -43,11 +44,12 @@ class Preset:
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
     instruct_steps: dict = field(default_factory=lambda: {"t2i": 300, "edit": 300, "conditional": 300, "understanding": 300})
+    table5_steps: int = 300  # each single-scale understanding model of Table 5 (the all-scale one is the instruct model)
     eval_n: int = 100  # test examples per instruct task for Tables 2, 3, 5, conditional and understanding
     seed: int = 0  # ShapesWorld seed
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
-                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), eval_n=6),
+                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), table5_steps=1, eval_n=6),
            "toy": Preset("toy", 20_000, 500, 500, clip_steps=400)}
 
 def _task_row(ds:tw.ShapesWorld, i:int) -> dict:
@@ -183,6 +185,13 @@ def build_mllms(p:Preset, out:Path) -> dict:
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
         cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
         if not _finished(out / "instruct" / task): train_instruct(cfg)
+    for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture
+        cfg = instruct_recipe("understanding", out / "pretrain" / "model", enc)
+        cfg.train = replace(cfg.train, steps=p.table5_steps, warmup_steps=max(1, p.table5_steps // 20),
+                            out_dir=str(out / "instruct" / f"understanding_f{i}"))
+        cfg.data.n_train, cfg.data.seed, cfg.data.input_scales = p.n_train, p.seed, (i,)
+        if not _finished(out / "instruct" / f"understanding_f{i}"): train_instruct(cfg)
+    steps["table5"] = p.table5_steps
     return {"steps": steps, "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
 
 def _save(out:Path, task:str, items:list[dict], pictures:dict, index:list, seed:int=0, **row):
@@ -215,14 +224,24 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
     answers = answer(m, tok, enc, qa)
     res["understanding"] = understanding_scores(qa, answers)
     res["understanding"]["examples"] = [{"question": q["question"], "answer": q["answer"], "model": a} for q, a in zip(qa[:8], answers)]
+    res["table5"] = {}
+    for i in (4, 3, 2, 1, 0):
+        m, tok = model(f"understanding_f{i}")
+        res["table5"][f"f{i}"] = understanding_scores(qa, answer(m, tok, enc, qa, input_scales=(i,)))["accuracy"]
+    res["table5"]["all"] = res["understanding"]["accuracy"]
     m, tok = model("t2i"); items = data("t2i")
     res["table2"], pics = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), lpips_model=lpips_model, **sampling)
+    E, Dn = clip_embedder(fallback=out / "clip" / "model"), dino_embedder(fallback=out / "clip" / "model")
+    res["learned_metrics"] = {"clip_b32": E.name, "dino": Dn.name}
+    for k, v in learned_t2i(E, items, pics).items(): res["table2"][k].update(v)
     _save(out, "t2i", items, pics, index)
     fig = picture_grid([[it["image"] for it in items[:6]]] + [list(pics[i][:6]) for i in (4, 3, 2, 1, 0)],
                        ["caption's scene", "f4", "f3", "f2", "f1", "f0"], [it["caption"] for it in items[:6]])
     fig.savefig(out / "figure10.png", dpi=100); plt.close(fig)
     m, tok = model("edit"); items = data("edit")
-    res["table3"], pics = edit_table(m, tok, enc, Ds, items, scales=(0, 1), **sampling)
+    res["table3"], pics = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
+    for k, v in learned_edit(E, Dn, items, pics).items(): res["table3"][k].update(v)
+    pics = {i: pics[i] for i in (0, 1)}  # samples/ keeps the two scales of Fig. 9
     _save(out, "edit", items, pics, index)
     fig = picture_grid([[it["source"] for it in items[:6]], list(pics[1][:6]), list(pics[0][:6]), [it["image"] for it in items[:6]]],
                        ["source", "edit from f1", "edit from f0", "target"], [it["instruction"] for it in items[:6]])
@@ -270,6 +289,8 @@ def human_report(report:dict) -> str:
 
 PAPER_TABLE6 = {"f4": (0.699, 0.295), "f3": (0.703, 0.300), "f2": (0.703, 0.301), "f1": (0.693, 0.299), "f0": (0.621, 0.280),
                 "max5": (0.736, 0.317)}  # MSCOCO-30K: CLIP-I, CLIP-T (Tables 2 and 6)
+PAPER_TABLE5 = {"f4": (56.8, 64.1), "f3": (58.3, 67.0), "f2": (61.5, 71.1), "f1": (63.6, 74.4), "f0": (65.4, 76.9),
+                "all": (65.1, 76.9)}  # understanding by input scale: MMB, VQAv2 (Table 5)
 PAPER_TABLE3 = {"f1": (0.802, 0.258, 0.679), "f0": (0.840, 0.264, 0.784), "max5": (0.846, 0.270, 0.785)}  # Emu-Edit: CLIP-I, CLIP-T, DINO
 
 def mllm_report(report:dict) -> list[str]:
@@ -278,31 +299,43 @@ def mllm_report(report:dict) -> list[str]:
     pct = lambda v: f"{v:.0%}"
     lines = ["## The MLLM (§3.3–3.4)", "",
              f"Pretraining {info['steps']['pretrain']} steps, then four instruct models "
-             f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t != 'pretrain')} steps), recipes in {info['recipes']}. "
+             f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t not in ('pretrain', 'table5'))} steps), recipes in {info['recipes']}. "
              f"Each test below uses {report['eval_info']['n']} held-out examples; pictures decoded with {report['eval_info']['sampling']}.",
              "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",
              "| kind | " + " | ".join(u["per_kind"]) + " |", "|---|" + "---|" * len(u["per_kind"]),
              "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |", "",
+             "## Table 5: understanding by input scale", "",
+             f"One understanding model per input (each {info['steps']['table5']} steps from the pretraining checkpoint; *all* is the "
+             "instruct model above). Ours: exact-match accuracy; the paper's (LLaVA-v1.5 setting, CLIP-L): MMB and VQAv2.", "",
+             "| input | tokens | accuracy | paper MMB | paper VQAv2 |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {n} | {pct(report['table5'][k])} | {PAPER_TABLE5[k][0]} | {PAPER_TABLE5[k][1]} |"
+              for k, n in (("f4", 1), ("f3", 4), ("f2", 16), ("f1", 64), ("f0", 256), ("all", 341))]
+    lines += ["",
              "## Table 2 / Table 6: text-to-image per scale", "",
              "Ours: the parsed picture keeps the caption's colours, shapes (with colour), positions (with colour), background, "
              "whole scene; LPIPS_d between two seeds. *max5*: a prompt counts when any of its five pictures does. "
              "The paper's CLIP-I / CLIP-T on MSCOCO-30K beside it.", "",
-             "| scale | colour | shape | position | background | scene | LPIPS_d ↑ | paper CLIP-I | paper CLIP-T |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scale | colour | shape | position | background | scene | LPIPS_d ↑ | CLIP-I | CLIP-T | paper CLIP-I | paper CLIP-T |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    num = lambda r, k, f=".3f": format(r[k], f) if k in r else "–"
     for k, r in report["table2"].items():
         ci, ct = PAPER_TABLE6[k]
-        lp = f"{r['lpips_d']:.3f}" if "lpips_d" in r else "–"
         lines.append(f"| {k} | {pct(r['color'])} | {pct(r['shape'])} | {pct(r['position'])} | {pct(r['background'])} | "
-                     f"{pct(r['scene'])} | {lp} | {ci} | {ct} |")
+                     f"{pct(r['scene'])} | {num(r, 'lpips_d')} | {num(r, 'clip_i')} | {num(r, 'clip_t')} | {ci} | {ct} |")
+    lines += ["", f"CLIP-I / CLIP-T: {report['learned_metrics']['clip_b32']}."]
     lines += ["", "![Text-to-image at five scales (the paper's Fig. 10)](figure10.png)", "",
-              "## Table 3: editing", "", "Ours: the parsed result *is* the target scene (edit success), per decoding scale; the "
-              "paper's Emu-Edit CLIP-I / CLIP-T / DINO beside it.", "",
-              "| scale | edit success | colour | shape | position | background | paper CLIP-I | paper CLIP-T | paper DINO |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for k, r in report["table3"].items():
-        pi = PAPER_TABLE3[k]
-        lines.append(f"| {k} | {pct(r['edit_success'])} | {pct(r['color'])} | {pct(r['shape'])} | {pct(r['position'])} | "
-                     f"{pct(r['background'])} | {pi[0]} | {pi[1]} | {pi[2]} |")
+              "## Table 3: editing", "", "Ours: the parsed result *is* the target scene (edit success), per decoding scale, and "
+              "*max5* (any of the five scales); CLIP-I and DINO to the source, CLIP-T to the intended scene's caption (Emu-Edit's "
+              "protocol). The paper's Emu-Edit numbers beside it.", "",
+              "| scale | edit success | colour | shape | position | background | CLIP-I | CLIP-T | DINO | paper CLIP-I | paper CLIP-T | paper DINO |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k in ("f1", "f0", "max5"):
+        r, pi = report["table3"][k], PAPER_TABLE3[k]
+        cell = lambda a: pct(r[a]) if a in r else "–"
+        lines.append(f"| {k} | {pct(r['edit_success'])} | {cell('color')} | {cell('shape')} | {cell('position')} | "
+                     f"{cell('background')} | {num(r, 'clip_i')} | {num(r, 'clip_t')} | {num(r, 'dino')} | {pi[0]} | {pi[1]} | {pi[2]} |")
+    lines += ["", "Edit success from the coarser scales: " + ", ".join(f"f{i} {pct(report['table3'][f'f{i}']['edit_success'])}" for i in (2, 3, 4))
+              + f". DINO: {report['learned_metrics']['dino']}."]
     kinds = list(report["table3"]["f0"]["per_kind"])
     lines += ["", "Edit success per kind (f0): " + ", ".join(f"{k} {pct(report['table3']['f0']['per_kind'][k])}" for k in kinds), "",
               "![Edits decoded from f1 and f0 (the paper's Fig. 9)](figure9.png)", "",
@@ -336,7 +369,7 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
                                        "in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
                             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, "
                                         "f_i also laid on the latent grid) in place of SDXL UNets with SDXL's VAE",
-                            "lpips": rec["lpips"],
+                            "lpips": rec["lpips"], **ev["learned_metrics"],
                             "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld "
                                     "tokenizer, pretrained for minutes, in place of LLaMA-3-8B"}}
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -25,9 +25,9 @@ from . import toyworld as tw
 __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKENIZER_DIR', 'N_FEATURES', 'SCALE_ORDER',
            'FEATURE_SCALE', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
            'tiny_tokenizer', 'llama3_tokenizer', 'flatten_pyramid', 'unflatten_pyramid', 'Text', 'Image',
-           'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config', 'PumaLM', 'build_mllm', 'scale_shares',
-           'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm',
-           't2i_collate']
+           'select_scales', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config', 'PumaLM', 'build_mllm',
+           'scale_shares', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm',
+           'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -107,27 +107,37 @@ class Text:
 
 @dataclass
 class Image:
-    "An image segment: its flattened pyramid (341, C)."
+    "An image segment: its flattened pyramid `(341, C)`, or only some scales' tokens (see `select_scales`)."
     features: torch.Tensor
     target: bool = False   # trained to produce it (regression on its features, CE on [IMG] and [/IMG])
+    scales: tuple[int, ...] = SCALE_ORDER  # the scales it holds; an input may hold fewer (Table 5), a target holds all five
+
+def select_scales(flat:torch.Tensor, # a flattened pyramid `(…, 341, C)`
+                  scales) -> torch.Tensor:
+    "The tokens of the given scales, coarse to fine: `(…, Σ n_i, C)`."
+    return flat[..., torch.cat([(FEATURE_SCALE == i).nonzero()[:, 0] for i in SCALE_ORDER if i in scales]), :]
 
 def build_sequence(tok, segments:list[Text|Image], eos_target:bool|None=None) -> dict:
     "`<s>` + segments + `</s>` → input_ids, features, and which tokens and features are targets."
     special = lambda t: tok.convert_tokens_to_ids(t)
-    ids, tgt, feats, ftgt = [tok.bos_token_id], [False], [], []
+    ids, tgt, feats, ftgt, fscale = [tok.bos_token_id], [False], [], [], []
     for seg in segments:
         if isinstance(seg, Text):
             t = tok(seg.text, add_special_tokens=False)["input_ids"]
             ids += t; tgt += [seg.target] * len(t)
         else:
-            if seg.features.shape[0] != N_FEATURES: raise ValueError(f"an image segment needs {N_FEATURES} features, got {seg.features.shape[0]}")
-            ids += [special("[IMG]")] + [special("<feat>")] * N_FEATURES + [special("[/IMG]")]
-            tgt += [seg.target] + [False] * N_FEATURES + [seg.target]
-            feats.append(seg.features); ftgt += [seg.target] * N_FEATURES
+            scales = [i for i in SCALE_ORDER if i in seg.scales]
+            if seg.target and len(scales) < 5: raise ValueError("a target image holds all five scales: generation runs f4 → f0")
+            n = sum(SCALES[i] for i in scales)
+            if seg.features.shape[0] != n: raise ValueError(f"an image segment of scales {tuple(scales)} needs {n} features, got {seg.features.shape[0]}")
+            ids += [special("[IMG]")] + [special("<feat>")] * n + [special("[/IMG]")]
+            tgt += [seg.target] + [False] * n + [seg.target]
+            feats.append(seg.features); ftgt += [seg.target] * n
+            fscale.append(torch.cat([torch.full((SCALES[i],), i) for i in scales]))
     ids.append(tok.eos_token_id); tgt.append(segments[-1].target if eos_target is None else eos_target)
     return {"input_ids": torch.tensor(ids), "text_target": torch.tensor(tgt),
             "features": torch.cat(feats) if feats else torch.zeros(0, 0), "feature_target": torch.tensor(ftgt, dtype=torch.bool),
-            "feature_scale": FEATURE_SCALE.repeat(len(feats))}
+            "feature_scale": torch.cat(fscale) if fscale else torch.zeros(0, dtype=torch.long)}
 
 def collate_sequences(seqs:list[dict], pad_id:int) -> dict:
     "Right-pad to the longest sequence; features of the whole batch concatenated in placeholder order."
@@ -261,17 +271,18 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
     ids, mask, pos, feats = (t.to(dev) for t in left_pad(prompts, pad_id))
     B = len(ids)
     given = feats.view(B, -1, C)  # the prompts' own image features, per row
+    no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
     for k in range(TOKENS_UP_TO[scale]):
         if use_cache and k > 0:  # one new token; the cache holds everything before it
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            h, cache = model(torch.full((B, 1), model.feat_token_id, device=dev), out[-1], mask, pos[:, -1:] + k,
-                             cache=cache, use_cache=True)
+            h, cache = model(torch.full((B, 1), model.feat_token_id, device=dev), out[-1], None if no_pad else mask,
+                             pos[:, -1:] + k, cache=cache, use_cache=True)
         else:  # the whole prefix: the prompt and the k tokens generated so far
             k_ids = torch.cat([ids, torch.full((B, k), model.feat_token_id, device=dev)], 1)
             k_mask = torch.cat([mask, torch.ones((B, k), dtype=mask.dtype, device=dev)], 1)
             k_feats = torch.cat([given, torch.stack(out, 1) if out else given[:, :0]], 1).flatten(0, 1)
-            h, cache = model(k_ids, k_feats, k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache)
+            h, cache = model(k_ids, k_feats, None if no_pad else k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache)
         out.append(model.output_proj(h[:, -1]))
     return torch.stack(out, 1)
 

@@ -54,10 +54,14 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert all(r["source"] and (out / r["source"]).exists() for r in index if r["task"] in ("edit", "canny", "inpaint", "colorize"))
     assert list(report["table2"]) == ["f0", "f1", "f2", "f3", "f4", "max5"] and "lpips_d" in report["table2"]["f4"]
     assert all(report["table2"]["max5"][k] >= report["table2"][f"f{i}"][k] - 1e-9 for k in ("color", "shape") for i in range(5))
-    assert set(report["table3"]) == {"f0", "f1"} and 0 <= report["table3"]["f0"]["edit_success"] <= 1
+    assert set(report["table3"]) == {"f0", "f1", "f2", "f3", "f4", "max5"} and 0 <= report["table3"]["f0"]["edit_success"] <= 1
+    assert {"clip_i", "clip_t", "dino"} <= set(report["table3"]["f0"]) and {"clip_i", "clip_t"} <= set(report["table2"]["max5"])
+    assert "stand-in" in report["stand_ins"]["clip_b32"] and "stand-in" in report["stand_ins"]["dino"]
     assert set(report["conditional"]) == {"canny", "inpaint", "colorize"} and 0 <= report["understanding"]["accuracy"] <= 1
+    assert list(report["table5"]) == ["f4", "f3", "f2", "f1", "f0", "all"] and report["table5"]["all"] == report["understanding"]["accuracy"]
+    assert all((out / "instruct" / f"understanding_f{i}" / "model" / "model.safetensors").exists() for i in range(5))
     text = (out / "REPORT.md").read_text()
-    assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "### Understanding", "## Conditional generation"))
+    assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "## Table 5", "### Understanding", "## Conditional generation"))
     assert all((out / f).exists() for f in ("figure3.png", "figure9.png", "figure10.png", "figure_conditional.png"))
     w, h = Image.open(out / "gallery.png").size
     assert w > 500 and h > 500

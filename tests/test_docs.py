@@ -52,3 +52,9 @@ def test_pages_show_the_notebooks_figures(site):
     html = (site / "00_toyworld.html").read_text()
     assert len(re.findall(r"<img[^>]+src=\"data:image/png", html)) >= 2, "00_toyworld's figures (shapes, gallery) are missing: run the notebook and save it"
     assert "mathjax/MathJax.js" in html and (site / "mathjax" / "MathJax.js").exists()
+
+
+def test_site_shows_the_main_jobs_report(site):
+    if not (ROOT / "reports" / "toy" / "REPORT.md").exists(): pytest.skip("no committed report (reports/toy/) to show")
+    html = (site / "report.html").read_text()
+    assert "Table 1" in html and "Table 2" in html and 'src="figure3.png"' in html and (site / "figure3.png").exists()

@@ -127,3 +127,18 @@ def test_instruct_stage_refuses_bad_inputs(tmp_path):
     base.init = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="run the pretraining stage first"): train_instruct(base)
     with pytest.raises(ConfigError): load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=captioning"])
+
+
+def test_understanding_can_read_fewer_scales():
+    tok = tiny_tokenizer()
+    it = InstructData("understanding", 5)[1]
+    f = {"image": torch.randn(341, 8)}
+    full = build_sequence(tok, instruct_segments(it, f))
+    only_f4 = build_sequence(tok, instruct_segments(it, f, input_scales=(4,)))
+    assert len(full["input_ids"]) - len(only_f4["input_ids"]) == 340 and torch.equal(only_f4["features"], f["image"][:1])
+    assert torch.equal(build_sequence(tok, instruct_segments(it, f, input_scales=(0,)))["features"], f["image"][85:])
+    with pytest.raises(ConfigError, match="input_scales must be"):
+        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=understanding", "data.input_scales=[5]"])
+    with pytest.raises(ConfigError, match="understanding task only"):
+        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=t2i", "data.input_scales=[0]"])
+    assert load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=understanding", "data.input_scales=[2]"]).data.input_scales == (2,)

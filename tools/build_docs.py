@@ -91,6 +91,11 @@ def build_site(proc: Path, out: Path) -> Path:
         title = frontmatter(nb)[0] or name
         (src / "docs" / f"{name}.ipynb").write_text(json.dumps(for_site(nb, ".html"), indent=1))
         nav.append({("Home" if name == "index" else f"{name} · {title}"): f"{name}.ipynb"})
+    report = ROOT / "reports" / "toy"
+    if (report / "REPORT.md").exists():  # the main job's measured report, committed from a `puma-nb toy` run
+        for f in report.iterdir():
+            if f.suffix in (".md", ".png", ".json"): shutil.copy(f, src / "docs" / ("report.md" if f.name == "REPORT.md" else f.name))
+        nav.append({"Report · puma-nb toy": "report.md"})
     cfg = {
         "site_name": "puma_nb",
         "site_description": "PUMA (arXiv 2410.13861) as nbdev notebooks: a course and a training library",
