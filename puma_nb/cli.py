@@ -128,7 +128,7 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
 
 TABLE1_SAMPLING = dict(scheduler="ddim", guidance=1.0)  # with `steps` from the preset
 
-def build_decoders(p:Preset, out:Path) -> dict:
+def build_decoders(p:Preset, out:Path, lpips:tuple|None=None) -> dict:
     "Train D_0 … D_4 (resuming, skipping finished ones), measure Table 1, draw Figure 3, write the decodings to `samples/`."
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -138,7 +138,7 @@ def build_decoders(p:Preset, out:Path) -> dict:
     ds = tw.ShapesWorld("test", p.table1_n, "caption", p.seed)
     scenes = [ds.scene(i) for i in range(p.table1_n)]
     x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes])
-    lp, lp_name = lpips_metric()
+    lp, lp_name = lpips or lpips_metric()  # (model, name), built once by the main job
     sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
     rows, decoded = table1(load_decoders(out / "decoders"), enc, x, scenes, seeds=(0, 1), lpips_model=lp, **sampling)
     fig = figure3(x, decoded, n=6); fig.savefig(out / "figure3.png", dpi=100); plt.close(fig)
@@ -359,9 +359,10 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
     (out / "DATASET_CARD.md").write_text(dataset_card(p, stats))
     fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
     pyr = build_encoder(p, out)
-    rec = build_decoders(p, out)
+    lpips = lpips_metric()
+    rec = build_decoders(p, out, lpips)
     mllm_info = build_mllms(p, out)
-    ev = evaluate_mllms(p, out, lpips_metric()[0])
+    ev = evaluate_mllms(p, out, lpips[0])
     (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index") + ev.pop("index"), indent=0))
     report = {"preset": preset, "seconds": round(time.time() - t0, 1), "config": to_dict(p), "dataset": stats,
               "pyramid": pyr, "table1": rec.pop("table1"), "table1_info": rec, "mllm_info": mllm_info, **ev,
