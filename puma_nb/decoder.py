@@ -251,7 +251,7 @@ def steps_per_scale(total:int) -> list[int]:
 from .config import to_dict
 from .pyramid import load_clip, pyramid, tiny_encoder
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, fit, seed_everything
+from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
 # %% ../nbs/04_decoder.ipynb #e27bf7a6
 @dataclass
@@ -326,5 +326,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
     import torch.distributed as dist
     if (not dist.is_initialized()) or dist.get_rank() == 0:
+        dec = trained_model(res, dec, lambda: build_decoder(cfg.scale, cfg.model))  # FSDP: the gathered weights
+        dec.scheduler_config = cfg.diffusion.scheduler_config()
         save_puma_decoder(dec, Path(cfg.export_dir or cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")
     return res

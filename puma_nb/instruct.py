@@ -20,7 +20,7 @@ from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, Text, build_prompt,
 from .pretrain import LossConfig, mllm_loss_fn
 from .pyramid import load_clip, pyramid, tiny_encoder
 from .reconstruction import decode_features, survival
-from .training import FitResult, TrainConfig, fit, seed_everything
+from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'CONDITIONAL_SCORE', 'InstructData', 'instruct_segments',
@@ -147,7 +147,8 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     res = fit(model, mllm_loss_fn(cfg.loss), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0: save_mllm(model, tok, mcfg, Path(cfg.train.out_dir) / "model")
+    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+        save_mllm(trained_model(res, model, lambda: load_mllm(cfg.init)[0]), tok, mcfg, Path(cfg.train.out_dir) / "model")
     return res
 
 # %% ../nbs/08_instruct.ipynb #07228938

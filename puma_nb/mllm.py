@@ -227,7 +227,9 @@ def puma_loss(model:PumaLM, batch:dict,
     h, _ = model(ids, batch["features"], batch["attention_mask"])
     prev = lambda b, p: h[b, p - 1]  # the hidden state before a token predicts it
     tb, tp = batch["text_target"].nonzero(as_tuple=True)
-    ce = F.cross_entropy(model.llm.lm_head(prev(tb, tp)).float(), ids[tb, tp]) if len(tb) else h.sum() * 0
+    # a batch without text or image targets still touches the head it does not train (with weight 0), so that
+    # every rank of DDP or FSDP reduces a gradient for every parameter
+    ce = F.cross_entropy(model.llm.lm_head(prev(tb, tp)).float(), ids[tb, tp]) if len(tb) else model.llm.lm_head(h[:1, :1]).sum() * 0
     fb, fp = (ids == model.feat_token_id).nonzero(as_tuple=True)
     keep, scale = batch["feature_target"], batch["feature_scale"]
     metrics = {"ce": ce.detach()}
@@ -241,7 +243,7 @@ def puma_loss(model:PumaLM, batch:dict,
         if normalize == "weights": feat = feat / sum(a * n for a, n in zip(alpha, SCALES))
         metrics.update({f"mse_f{i}": (per_scale[i] / SCALES[i]).detach() for i in range(5)})
     else:  # no image to generate in this batch; the keys stay, so that every rank logs (and all-reduces) the same ones
-        feat = h.sum() * 0
+        feat = model.output_proj(h[:1, :1]).sum() * 0
         metrics.update({f"mse_f{i}": torch.zeros(()) for i in range(5)})
     return ce_weight * ce + feat, metrics
 

@@ -16,7 +16,7 @@ from .config import ConfigError, to_dict
 from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
                           puma_loss, save_mllm, tiny_tokenizer)
 from .pyramid import load_clip, pyramid, tiny_encoder
-from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything
+from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
@@ -119,5 +119,6 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     res = fit(model, mllm_loss_fn(cfg.loss), PretrainMix(cfg.data.n_train, cfg.data.mixture, "train", cfg.data.seed), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0: save_mllm(model, tok, cfg.model, Path(cfg.train.out_dir) / "model")
+    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+        save_mllm(trained_model(res, model, lambda: build_mllm(cfg.model, tok)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

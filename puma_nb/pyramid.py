@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ConfigError, to_dict
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, fit, seed_everything
+from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'tiny_clip', 'tokenizer',
@@ -194,9 +194,12 @@ def train_clip(cfg:ClipRunConfig) -> FitResult:
     seed_everything(cfg.train.seed)
     model = tiny_clip(cfg.model)
     ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
-    res = fit(TrainableCLIP(model, cfg.model.image_size), clip_loss_fn(cfg.model), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
+    net = TrainableCLIP(model, cfg.model.image_size)
+    res = fit(net, clip_loss_fn(cfg.model), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
               name="clip", eval_fn=lambda m: retrieval(m.clip, cfg.model, cfg.data.n_test, "test", cfg.data.seed))
-    if (not dist.is_initialized()) or dist.get_rank() == 0: save_clip(model, cfg.model, Path(cfg.train.out_dir) / "model")
+    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+        net = trained_model(res, net, lambda: TrainableCLIP(tiny_clip(cfg.model), cfg.model.image_size))
+        save_clip(net.clip, cfg.model, Path(cfg.train.out_dir) / "model")
     return res
 
 # %% ../nbs/03_pyramid.ipynb #37ed5ce4

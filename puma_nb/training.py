@@ -20,11 +20,12 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from .config import ConfigError, to_dict
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer', 'build_scheduler', 'Dist',
-           'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'StepBatches', 'latest_checkpoint',
-           'save_checkpoint', 'load_checkpoint', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot',
-           'FitResult', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe', 'probe_targets',
-           'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
+__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
+           'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed',
+           'StepBatches', 'shard_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult',
+           'trained_model', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe',
+           'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -33,6 +34,9 @@ class ParamGroup:
     pattern: str                    # e.g. `proj|head` for PUMA's projectors
     lr: float|None = None           # None: the run's `lr`
     weight_decay: float|None = None # None: the run's `weight_decay`
+
+FSDP_BLOCKS = ("LlamaDecoderLayer", "ResidualAttentionBlock", "CrossAttnDownBlock2D", "DownBlock2D",
+               "UNetMidBlock2DCrossAttn", "CrossAttnUpBlock2D", "UpBlock2D")  # transformer layers, UNet stages
 
 @dataclass
 class TrainConfig:
@@ -59,6 +63,9 @@ class TrainConfig:
     stop_after: int = 0              # end this invocation after this many steps, with a checkpoint; 0 = run to the end
     resume: bool = True              # continue from the latest checkpoint in out_dir; False refuses to touch one
     num_workers: int = 0             # DataLoader workers per rank
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # several ranks: DDP replicates the model; FSDP2 shards it (ZeRO-3)
+    fsdp_blocks: tuple[str, ...] = FSDP_BLOCKS  # module classes sharded (and checkpointed) one by one
+    activation_checkpointing: bool = False  # recompute each `fsdp_blocks` module's activations in the backward
     progress: bool = True            # show a progress bar (rank 0)
     out_dir: str = "runs/train"      # checkpoints, metrics.jsonl, loss.png
 
@@ -152,6 +159,17 @@ def set_rng_state(s:dict):
     random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+def _bf16(cfg, device:torch.device) -> bool:
+    "Whether `cfg.precision` means bf16 on `device`."
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+def micro_seed(seed:int, # the run's seed
+               step:int, # the optimizer step (0-based)
+               offset:int, # the micro-batch's first position in the global batch
+              ) -> int:
+    "The seed of one micro-batch's randomness: a function of its place in the run, not of the rank layout."
+    return (seed * 1_000_003 + step) * 1_000_033 + offset
+
 def _barrier():
     if dist.is_initialized(): dist.barrier()
 
@@ -194,8 +212,52 @@ class StepBatches(torch.utils.data.Sampler):
     def __len__(self): return (self.stop - self.start) * (self.B // self.W // self.m)
 
 # %% ../nbs/02_training.ipynb #7ef547b4
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+def _blocks(model:nn.Module, names) -> list[nn.Module]:
+    "The outermost submodules whose class name is in `names`, in order."
+    out, taken = [], []
+    for path, m in model.named_modules():
+        if type(m).__name__ in names and not any(path.startswith(t + ".") for t in taken):
+            out.append(m); taken.append(path)
+    return out
+
+def shard_model(model:nn.Module, # the model, on its device
+                cfg:TrainConfig, # `parallel`, `fsdp_blocks`, `activation_checkpointing`, `precision`
+                d:Dist, # where this process sits
+               ) -> nn.Module:
+    "Apply activation checkpointing and (FSDP2 with several ranks) `fully_shard` to every block, then the root."
+    blocks = _blocks(model, cfg.fsdp_blocks)
+    if (cfg.activation_checkpointing or cfg.parallel == "fsdp") and not blocks:
+        raise ConfigError(f"no module of {model.__class__.__name__} is one of fsdp_blocks {list(cfg.fsdp_blocks)}; "
+                          "name its repeated block class there")
+    if cfg.activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+        for b in blocks: checkpoint(b)
+    if cfg.parallel == "fsdp" and d.world_size > 1:
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if _bf16(cfg, d.device) else MixedPrecisionPolicy()
+        for b in blocks: fully_shard(b, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    return model
+
+# %% ../nbs/02_training.ipynb #621e99b3
+import warnings
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
+
+from contextlib import contextmanager
+
+@contextmanager
+def _quiet():
+    "DCP warns that it runs in one process when there is no process group: that is intended here."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "ckpt_every", "keep_ckpts", "stop_after", "resume",
-                  "num_workers", "progress", "out_dir", "device", "micro_batch_size"}  # may change between invocations
+                  "num_workers", "progress", "out_dir", "device", "micro_batch_size",
+                  "parallel", "fsdp_blocks", "activation_checkpointing"}  # may change between invocations
 
 def _write_atomic(path:Path, text:str):
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -224,10 +286,9 @@ def save_checkpoint(out_dir, # the run folder
         tmp.mkdir()
     _barrier()
     torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
-    if d.main:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    msd, osd = get_state_dict(model, optimizer)
+    with _quiet(): dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp / "sharded")
+    if d.main: torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     _barrier()
     if d.main:
         (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": d.world_size, **state}, indent=1))
@@ -245,13 +306,34 @@ def load_checkpoint(path, model:nn.Module, optimizer=None, scheduler=None, d:Dis
     "Restore a checkpoint into `model` (and optimizer, scheduler, this rank's RNG); returns its `state.json`."
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-    if optimizer is not None: optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if (path / "model.pt").exists():  # the single-file layout of puma_nb before sharded checkpoints
+        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        if optimizer is not None: optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    else:
+        msd, osd = get_state_dict(model, optimizer) if optimizer is not None else (get_model_state_dict(model), None)
+        with _quiet(): dcp.load({"model": msd, **({"optimizer": osd} if osd is not None else {})}, checkpoint_id=path / "sharded")
+        if optimizer is not None: set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd)
+        else: set_model_state_dict(model, msd)
     if scheduler is not None: scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng_rank{d.rank}.pt"
     if state.get("world_size") == d.world_size and rng.exists(): set_rng_state(torch.load(rng, weights_only=False))
     else: print(f"note: {path.name} was saved by {state.get('world_size')} ranks; rank {d.rank} of {d.world_size} reseeds")
     return state
+
+def checkpoint_weights(path, # a checkpoint folder (`checkpoints/step_…`)
+                       part:Literal["model", "optimizer"]="model", # the model's weights, or the optimizer's state tensors
+                      ) -> dict[str, torch.Tensor]:
+    "Full tensors from a checkpoint, as plain CPU tensors by name (in one process, however many ranks wrote it)."
+    path = Path(path)
+    if (path / f"{part}.pt").exists():
+        sd = torch.load(path / f"{part}.pt", map_location="cpu", weights_only=True)
+        return sd if part == "model" else {f"state.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    reader = dcp.FileSystemReader(path / "sharded")
+    meta = reader.read_metadata().state_dict_metadata
+    sd = {k[len(part) + 1:]: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in meta.items()
+          if k.startswith(part + ".") and hasattr(v, "size")}
+    with _quiet(): dcp.load({part: sd}, storage_reader=reader)
+    return sd
 
 def config_changes(old:dict, new:dict, prefix:str="") -> list[str]:
     "Keys whose values differ between two resolved configs, ignoring those that may change on resume."
@@ -308,6 +390,7 @@ class FitResult:
     status: str        # `done`, `stopped` or `preempted`
     out_dir: Path
     last: dict = field(default_factory=dict)  # the last metrics row
+    state_dict: dict|None = None  # FSDP only: the full trained weights, gathered on rank 0 (CPU); see `trained_model`
 
 def _to(batch, device):
     if isinstance(batch, torch.Tensor): return batch.to(device, non_blocking=True)
@@ -316,8 +399,7 @@ def _to(batch, device):
     return batch
 
 def _autocast(cfg:TrainConfig, device:torch.device):
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(cfg, device) else nullcontext()
 
 class _Preemption:
     "Turns SIGTERM into a flag the loop checks after each step (main thread only)."
@@ -330,13 +412,31 @@ class _Preemption:
     def __exit__(self, *exc):
         if self.old is not None: signal.signal(signal.SIGTERM, self.old)
 
+def _counting(collate_fn:Callable|None):
+    "Wrap a stream's collate: take each item's `_skipped` count out, return `(batch, skipped)`."
+    base = collate_fn or torch.utils.data.default_collate
+    def collate(items):
+        skipped = sum(int(it.pop("_skipped", 0)) for it in items if isinstance(it, dict))
+        return base(items), skipped
+    return collate
+
+def trained_model(res:FitResult, # what `fit` returned
+                  model:nn.Module, # the model `fit` trained
+                  build:Callable[[], nn.Module], # makes a fresh, unsharded model of the same shape
+                 ) -> nn.Module:
+    "The trained weights in a plain module, on rank 0: `model` itself, or after FSDP a fresh `build()` holding the gathered weights."
+    if res.state_dict is None: return model
+    fresh = build()
+    fresh.load_state_dict(res.state_dict)
+    return fresh
+
 def fit(model:nn.Module, # the model; its trainable parameters are optimised
         loss_fn:Callable, # `loss_fn(model, batch) -> loss | (loss, metrics)`, the mean over the micro-batch
-        dataset, # a map-style dataset
+        dataset, # a map-style dataset, or a stream (`IterableDataset` with `set_position`, see `12_data`)
         cfg:TrainConfig, # how to optimise
         collate_fn:Callable|None=None, # how to batch items
         run_config:dict|None=None, # the resolved run config, stored with every checkpoint
-        eval_fn:Callable|None=None, # `eval_fn(model) -> metrics`, every `eval_every` steps and at the end
+        eval_fn:Callable|None=None, # `eval_fn(model) -> metrics`, every `eval_every` steps and at the end (on every rank)
         name:str="train", # shown on the progress bar
        ) -> FitResult:
     "Train `model` on `dataset` with `cfg`, resuming from `cfg.out_dir` if a checkpoint is there."
@@ -345,6 +445,8 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     m, A = cfg.accumulation(d.world_size)
     run_config = run_config if run_config is not None else {"train": to_dict(cfg)}
     model.to(d.device)
+    shard_model(model, cfg, d)
+    fsdp = isinstance(model, FSDPModule)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg)
     start, ckpt, last = 0, latest_checkpoint(out), {}
@@ -358,51 +460,63 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
                                       "Use another out_dir, or restore these values to resume.")
         saved = load_checkpoint(ckpt, model, opt, sched, d)
         start, last = saved["step"], saved.get("last", {})
-        if d.main: print(f"{name}: resuming from step {start} ({ckpt})")
+        if d.main: print(f"{name}: resuming from step {start} ({ckpt}, written by {saved.get('world_size')} rank(s))")
     else: seed_everything(cfg.seed + d.rank)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.json", json.dumps(run_config, indent=1))
         _truncate_metrics(out / "metrics.jsonl", start)
     stop = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
-    sampler = StepBatches(len(dataset), cfg.batch_size, m, d.rank, d.world_size, start, stop, cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
-                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-                                         persistent_workers=False)
-    ddp = nn.parallel.DistributedDataParallel(model) if d.world_size > 1 else None
+    stream = isinstance(dataset, torch.utils.data.IterableDataset)
+    if stream:  # the stream skips what this rank already consumed; each item may carry `_skipped`
+        dataset.set_position(rank=d.rank, world_size=d.world_size, micro_batch=m, batches=start * A)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=m, collate_fn=_counting(collate_fn), num_workers=cfg.num_workers)
+    else:
+        sampler = StepBatches(len(dataset), cfg.batch_size, m, d.rank, d.world_size, start, stop, cfg.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    ddp = nn.parallel.DistributedDataParallel(model) if d.world_size > 1 and not fsdp else None
     net = ddp or model
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (d.main and cfg.progress), dynamic_ncols=True)
     step, status, window, t0 = start, "done", [], time.time()
+    skipped = int(last.get("skipped", 0))
     batches = iter(loader)
     with _Preemption() as pre:
         while step < stop:
-            sums = {}
+            sums, n_bad = {}, 0
             for k in range(A):
-                batch = _to(next(batches), d.device)
-                sync = ddp.no_sync() if (ddp is not None and k < A - 1) else nullcontext()
-                with sync:
+                batch = next(batches)
+                if stream: batch, bad = batch; n_bad += bad
+                batch = _to(batch, d.device)
+                seed_everything(micro_seed(cfg.seed, step, (d.rank * A + k) * m))
+                last_micro = k == A - 1
+                if fsdp: model.set_requires_gradient_sync(last_micro)
+                with (ddp.no_sync() if ddp is not None and not last_micro else nullcontext()):
                     with _autocast(cfg, d.device): res = loss_fn(net, batch)
                     loss, metrics = res if isinstance(res, tuple) else (res, {})
                     (loss / A).backward()
                 for name_, v in {"loss": loss, **metrics}.items(): sums[name_] = sums.get(name_, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / A
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: a DTensor
             lrs = [g["lr"] for g in opt.param_groups]
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             step += 1
-            vec = torch.tensor([*sums.values(), float(pre.flag)], dtype=torch.float64, device=d.device)
+            vec = torch.tensor([*sums.values(), float(n_bad), float(pre.flag)], dtype=torch.float64, device=d.device)
             if d.world_size > 1:
                 flag = vec[-1:].clone(); dist.all_reduce(vec); dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                vec[:-1] /= d.world_size; vec[-1] = flag
-            window.append(dict(zip(sums, vec[:-1].tolist())))
+                vec[:-2] /= d.world_size; vec[-1] = flag
+            window.append(dict(zip(sums, vec[:-2].tolist())))
+            skipped += int(vec[-2])
             preempted = bool(vec[-1] > 0)
             bar.update(1); bar.set_postfix(loss=f"{window[-1]['loss']:.4g}", refresh=False)
             do_eval = eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
             if step % cfg.log_every == 0 or step == stop or preempted or do_eval:
                 row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
                        "lr": lrs[0], **({f"lr_{i}": lr for i, lr in enumerate(lrs)} if len(lrs) > 1 else {}),
-                       "grad_norm": float(norm), "samples_per_s": len(window) * cfg.batch_size / (time.time() - t0)}
+                       "grad_norm": float(norm), "samples_per_s": len(window) * cfg.batch_size / (time.time() - t0),
+                       **({"skipped": skipped} if stream else {})}
                 window, t0 = [], time.time()
                 if do_eval:
                     model.eval()
@@ -418,7 +532,9 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     if step < cfg.steps and status == "done": status = "stopped"
     if step > start: save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last}, d, cfg.keep_ckpts)
     if d.main and read_metrics(out): save_loss_plot(out)
-    return FitResult(step, status, out, last)
+    if d.main and stream and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if fsdp else None
+    return FitResult(step, status, out, last, full)
 
 # %% ../nbs/02_training.ipynb #425ee413
 from .toyworld import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Obj, Scene, ShapesWorld, collate
