@@ -23,7 +23,8 @@ from .pyramid import SCALES
 __all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace', 'VAESpace',
            'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler',
            'sample', 'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'DiffusionConfig',
-           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'train_decoder']
+           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'latent_space', 'init_from_sdxl',
+           'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -95,6 +96,7 @@ class DecoderConfig:
     patch: int = 4                        # tiny: pixel_unshuffle factor
     image_size: int = 64
     spatial_dim: int|None = None          # f_i on the latent grid as input channels: None = 64 for tiny, 0 (PUMA's) for sdxl
+    sdxl: str = "stabilityai/stable-diffusion-xl-base-1.0"  # sdxl: the diffusers folder (or hub name) of the frozen VAE and of `init: sdxl`
 
     @property
     def spatial(self) -> int: return (64 if self.kind == "tiny" else 0) if self.spatial_dim is None else self.spatial_dim
@@ -249,7 +251,7 @@ def steps_per_scale(total:int) -> list[int]:
 
 # %% ../nbs/04_decoder.ipynb #084ea552
 from .config import to_dict
-from .pyramid import load_clip, pyramid, tiny_encoder
+from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .toyworld import ShapesWorld, collate
 from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
@@ -280,7 +282,7 @@ class DecoderRunConfig:
     stage: Literal["decoder"] = "decoder"
     scale: int = 0                      # i: D_i conditions on f_i
     export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)
-    init: str = ""                      # a `unet_<n>` folder to start from (PUMA starts every D_i from SDXL); "" = random
+    init: str = ""                      # a `unet_<n>` folder to start from, or `sdxl` (model.sdxl's UNet, as PUMA starts every D_i); "" = random
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=16, lr=8e-5, schedule="linear",
                                                                    grad_clip=1.0, out_dir="runs/decoders/f0"))
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -295,7 +297,7 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
     sch = make_scheduler("ddpm", **diff.scheduler_config())
     def loss_fn(model, batch):
         x = batch["image"]
-        with torch.no_grad(): f, z0 = pyramid(enc.to(x.device)(x))[scale], space.encode(x)
+        with torch.no_grad(): f, z0 = pyramid(enc.to(x.device)(x))[scale], space.to(x.device).encode(x)
         return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset)
     return loss_fn
 
@@ -310,19 +312,40 @@ def init_from(dec:Decoder, src:Decoder) -> list[str]:
     dec.load_state_dict(keep, strict=False)
     return sorted(set(own) - set(keep))
 
+def _sdxl_part(cls, name:str, part:str):
+    try: return cls.from_pretrained(name, subfolder=part)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"model.sdxl {name!r} has no {part!r} here (no hub access?): download SDXL base and give its "
+                                "local folder") from e
+
+def latent_space(cfg:DecoderConfig) -> nn.Module:
+    "Where the decoder diffuses: the tiny decoders' patches, or SDXL's frozen VAE latents (`model.sdxl`'s `vae`)."
+    if cfg.kind == "tiny": return PatchSpace(cfg.patch)
+    from diffusers import AutoencoderKL
+    return VAESpace(_sdxl_part(AutoencoderKL, cfg.sdxl, "vae"))
+
+def init_from_sdxl(dec:Decoder, name:str) -> list[str]:
+    "Start D_i's UNet from SDXL base's (PUMA's start for all five decoders), less its added conditions; returns the keys not found."
+    src = _sdxl_part(UNet2DConditionModel, name, "unet").state_dict()
+    own = dec.unet.state_dict()
+    bad = [k for k in own if k in src and own[k].shape != src[k].shape]
+    if bad: raise ConfigError(f"init: sdxl: {name}'s UNet has another shape than model.* (first mismatches: {bad[:3]})")
+    dec.unet.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
+    return sorted(set(own) - set(src))
+
 def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     "The decoder stage: train D_i with `fit`, then save it in PUMA's layout as `<out_dir>/unet_<n>`."
-    clip, ccfg = load_clip(cfg.data.encoder)
-    enc = tiny_encoder(clip, ccfg)
+    enc = load_encoder(cfg.data.encoder)
     if enc.width != cfg.model.feature_dim:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
     dec = build_decoder(cfg.scale, cfg.model)
-    if cfg.init: init_from(dec, load_puma_decoder(cfg.init))
+    if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
+    elif cfg.init: init_from(dec, load_puma_decoder(cfg.init))
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
-    f_null = null_features(enc, cfg.scale, ccfg.image_size)
-    res = fit(dec, decoder_loss_fn(enc, PatchSpace(cfg.model.patch), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
+    f_null = null_features(enc, cfg.scale, enc.image_size)
+    res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
     import torch.distributed as dist
     if (not dist.is_initialized()) or dist.get_rank() == 0:

@@ -16,9 +16,9 @@ from . import toyworld as tw
 from .config import ConfigError, to_dict
 from .decoder import null_features
 from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, Text, build_prompt, build_sequence, collate_sequences,
-                          flatten_pyramid, generate_features, generate_text, load_mllm, save_mllm, select_scales, unflatten_pyramid)
+                          empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, save_mllm, select_scales, unflatten_pyramid)
 from .pretrain import LossConfig, mllm_loss_fn
-from .pyramid import load_clip, pyramid, tiny_encoder
+from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .reconstruction import decode_features, survival
 from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
@@ -137,8 +137,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     cfg.validate(); cfg.data.validate()
     if not (Path(cfg.init) / "config.json").exists():
         raise FileNotFoundError(f"init: {cfg.init} is not a model folder; run the pretraining stage first (configs/pretrain_tiny.yaml)")
-    clip, ccfg = load_clip(cfg.data.encoder)
-    enc = tiny_encoder(clip, ccfg)
+    enc = load_encoder(cfg.data.encoder)
     seed_everything(cfg.train.seed)
     model, tok, mcfg = load_mllm(cfg.init)
     if enc.width != mcfg.feature_dim:
@@ -148,7 +147,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
               name=f"instruct {cfg.task}")
     import torch.distributed as dist
     if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
-        save_mllm(trained_model(res, model, lambda: load_mllm(cfg.init)[0]), tok, mcfg, Path(cfg.train.out_dir) / "model")
+        save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, mcfg, Path(cfg.train.out_dir) / "model")
     return res
 
 # %% ../nbs/08_instruct.ipynb #07228938

@@ -26,8 +26,8 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'FEATURE_SCALE', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
            'tiny_tokenizer', 'llama3_tokenizer', 'flatten_pyramid', 'unflatten_pyramid', 'Text', 'Image',
            'select_scales', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config', 'PumaLM', 'build_mllm',
-           'scale_shares', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm',
-           'load_mllm', 't2i_collate']
+           'empty_like', 'mllm_tokenizer', 'scale_shares', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features',
+           'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -161,6 +161,7 @@ class MLLMConfig:
     intermediate_size: int = 688
     max_positions: int = 1024         # ≥ the longest sequence (an edit: two images, 2 × 343, plus words)
     rope_theta: float = 10_000.0
+    backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
         if self.hidden_size % self.heads: raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
@@ -205,9 +206,27 @@ class PumaLM(nn.Module):
         return out.last_hidden_state, out.cache
 
 def build_mllm(cfg:MLLMConfig, tok) -> PumaLM:
-    "A PumaLM of the configured shape for tokenizer `tok` (random weights; `load_mllm` reads trained ones)."
+    "A PumaLM of the configured shape for tokenizer `tok`: random weights, or `cfg.backbone`'s LLaMA with its embeddings grown for `tok`."
     cfg.validate()
-    return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+    if not cfg.backbone:
+        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+    try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
+    except OSError as e:
+        raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
+                                "give its local folder") from e
+    want = llama_config(cfg, len(tok))
+    if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
+        raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
+    if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+
+def empty_like(model:PumaLM) -> PumaLM:
+    "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
+    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id)
+
+def mllm_tokenizer(cfg:MLLMConfig) -> PreTrainedTokenizerFast:
+    "The tokenizer a model of this kind reads: the shipped ShapesWorld one, or LLaMA-3's (from `backbone`) with PUMA's tokens."
+    return tiny_tokenizer() if cfg.kind == "tiny" else llama3_tokenizer(cfg.backbone or "meta-llama/Meta-Llama-3-8B")
 
 # %% ../nbs/06_mllm.ipynb #4eb6383e
 ALPHA = (1.0, 8.0, 64.0, 512.0, 1024.0)  # α_0 … α_4 (the paper lists them f4 → f0: 1024, 512, 64, 8, 1)

@@ -14,8 +14,8 @@ import torch
 from . import toyworld as tw
 from .config import ConfigError, to_dict
 from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
-                          puma_loss, save_mllm, tiny_tokenizer)
-from .pyramid import load_clip, pyramid, tiny_encoder
+                          empty_like, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
+from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0
@@ -110,8 +110,7 @@ def mllm_loss_fn(lc:LossConfig):
 
 def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     "Pretrain the MLLM on the mixture; save it (config, weights, tokenizer) to `<out_dir>/model`."
-    clip, ccfg = load_clip(cfg.data.encoder)
-    enc, tok = tiny_encoder(clip, ccfg), tiny_tokenizer()
+    enc, tok = load_encoder(cfg.data.encoder), mllm_tokenizer(cfg.model)
     if enc.width != cfg.model.feature_dim:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
@@ -120,5 +119,5 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
     import torch.distributed as dist
     if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
-        save_mllm(trained_model(res, model, lambda: build_mllm(cfg.model, tok)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
+        save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

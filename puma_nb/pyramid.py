@@ -25,7 +25,7 @@ from .training import FitResult, TrainConfig, fit, seed_everything, trained_mode
 # %% auto #0
 __all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'tiny_clip', 'tokenizer',
            'tiny_encoder', 'ClipDataConfig', 'ClipRunConfig', 'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip',
-           'load_clip', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
+           'load_clip', 'load_encoder', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
 
 # %% ../nbs/03_pyramid.ipynb #48479212
 SCALES = (256, 64, 16, 4, 1)  # tokens in f0, f1, f2, f3, f4
@@ -188,6 +188,13 @@ def load_clip(folder) -> tuple[open_clip.CLIP, TinyClipConfig]:
     model = tiny_clip(cfg)
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), cfg
+
+def load_encoder(spec:str, # `clip-l` (open_clip's `openai` weights), `clip-l:PATH` (a local ViT-L-14 checkpoint), or a tiny CLIP folder
+                ) -> CLIPEncoder:
+    "The frozen encoder a stage reads its features with, by the name its config gives (`data.encoder`)."
+    if spec == "clip-l" or spec.startswith("clip-l:"): return clip_l(spec.split(":", 1)[1] if ":" in spec else "openai")
+    clip, ccfg = load_clip(spec)
+    return tiny_encoder(clip, ccfg)
 
 def train_clip(cfg:ClipRunConfig) -> FitResult:
     "The CLIP stage: train with `fit`, report retrieval, save the model beside the checkpoints (`<out_dir>/model`)."

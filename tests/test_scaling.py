@@ -62,3 +62,44 @@ def test_decoder_on_two_ranks_equals_one_process(tmp_path, clip_dir):
     d1, d2 = load_puma_decoder(tmp_path / "one" / "unet_16"), load_puma_decoder(tmp_path / "two" / "unet_16")
     s1, s2 = d1.state_dict(), d2.state_dict()
     assert all(torch.allclose(s1[k], s2[k], rtol=1e-3, atol=1e-4) for k in s1)
+
+
+# --- the real path's loaders, on weights written here (no hub) ---
+
+def test_decoder_starts_from_an_sdxl_folder_and_diffuses_in_its_vae(tmp_path):
+    from diffusers import AutoencoderKL
+    from puma_nb.decoder import DecoderConfig, build_decoder, init_from_sdxl, latent_space, tiny_unet
+    cfg = DecoderConfig()
+    src = tiny_unet(cfg)  # stands in for SDXL base's unet/: the same layout as the decoder's UNet
+    src.save_pretrained(tmp_path / "sdxl" / "unet")
+    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  latent_channels=4, norm_num_groups=32).save_pretrained(tmp_path / "sdxl" / "vae")
+    dec = build_decoder(0, cfg)
+    assert init_from_sdxl(dec, str(tmp_path / "sdxl")) == []
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in dec.unet.state_dict().items())
+    space = latent_space(DecoderConfig(kind="sdxl", feature_dim=64, cross_attention_dim=64, sdxl=str(tmp_path / "sdxl")))
+    z = space.encode(torch.rand(2, 3, 32, 32))
+    assert z.shape == (2, 4, 16, 16) and space.latent_shape(32) == (4, 16, 16) and space.decode(z).shape == (2, 3, 32, 32)
+    with pytest.raises(FileNotFoundError, match="model.sdxl '/nonexistent' has no 'unet'"):
+        init_from_sdxl(dec, "/nonexistent")
+
+
+def test_mllm_starts_from_a_llama_folder_with_its_embeddings_grown(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from puma_nb.mllm import MLLMConfig, build_mllm, tiny_tokenizer
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False))
+    llm.save_pretrained(tmp_path / "llama")
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2, backbone=str(tmp_path / "llama")), tok)
+    e = m.llm.get_input_embeddings().weight
+    assert e.shape[0] == len(tok) and torch.equal(e[:100], llm.get_input_embeddings().weight)
+    with pytest.raises(FileNotFoundError, match="model.backbone '/nonexistent' is not available"):
+        build_mllm(MLLMConfig(backbone="/nonexistent"), tok)
+
+
+def test_clip_l_encoder_by_name_fails_clearly_without_weights():
+    from puma_nb.pyramid import load_encoder
+    with pytest.raises(RuntimeError, match="could not load CLIP ViT-L-14 weights '/nonexistent.bin'"):
+        load_encoder("clip-l:/nonexistent.bin")
