@@ -272,9 +272,12 @@ class DiffusionConfig:
 
 @dataclass
 class DecoderDataConfig:
-    encoder: str = "runs/clip/model"   # a tiny CLIP folder (`save_clip`)
-    n_train: int = 50_000
+    encoder: str = "runs/clip/model"   # a tiny CLIP folder (`save_clip`), or `clip-l` / `clip-l:PATH` (PUMA's)
+    n_train: int = 50_000              # ShapesWorld scenes
     seed: int = 0
+    shards: str = ""                   # real data: webdataset shards (img2dataset layout; a brace pattern, list or folder); "" = ShapesWorld
+    shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
+    max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
 
 @dataclass
 class DecoderRunConfig:
@@ -343,7 +346,11 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
     elif cfg.init: init_from(dec, load_puma_decoder(cfg.init))
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
-    ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
+    if cfg.data.shards:  # pictures (and captions) streamed from shards, resized to the decoder's side
+        from puma_nb.data import PairItem, ShardStream
+        ds = ShardStream(cfg.data.shards, PairItem(cfg.model.image_size, cfg.data.seed), cfg.data.seed, cfg.data.shuffle_buffer,
+                         max_bad_rate=cfg.data.max_bad_rate)
+    else: ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     f_null = null_features(enc, cfg.scale, enc.image_size)
     res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")

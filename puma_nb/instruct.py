@@ -23,10 +23,11 @@ from .reconstruction import decode_features, survival
 from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0
-__all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'CONDITIONAL_SCORE', 'InstructData', 'instruct_segments',
-           'encode_items', 'instruct_collate', 'InstructDataConfig', 'InstructRunConfig', 'train_instruct',
-           'generate_pyramids', 'generate_images', 'answer', 'scene_survival', 'scene_scores', 'inpaint_restored',
-           'understanding_scores', 't2i_table', 'edit_table', 'conditional_table']
+__all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'CONDITIONAL_SCORE', 'InstructData',
+           'instruct_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig', 'InstructRunConfig',
+           'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images', 'answer',
+           'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table', 'edit_table',
+           'conditional_table']
 
 # %% ../nbs/08_instruct.ipynb #f5b788ab
 INSTRUCT_TASKS = ("t2i", "edit", "conditional", "understanding")
@@ -107,15 +108,21 @@ PAPER_INSTRUCT = {  # A.2.4: steps, global batch, max lr, warm-up steps (cosine 
 
 @dataclass
 class InstructDataConfig:
-    encoder: str = "runs/clip/model"   # the frozen tiny CLIP the pretraining used
+    encoder: str = "runs/clip/model"   # the frozen encoder the pretraining used (a tiny CLIP folder, or `clip-l`)
     n_train: int = 50_000
     seed: int = 0
     p_instruction: float = 0.5         # conditional: how often the task instruction precedes the caption
     input_scales: tuple[int, ...] = SCALE_ORDER  # understanding: the scales of the picture the model reads (Table 5)
+    shards: str = ""                   # real data for t2i: image-text pairs as webdataset shards (img2dataset layout); "" = ShapesWorld
+    shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
+    max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
+    manifest: str = ""                 # real data for edit / conditional / understanding: a JSONL manifest (`12_data`)
+    image_size: int = 224              # shards and manifests: the side pictures are resized to (the encoder's input)
 
     def validate(self):
         if not self.input_scales or not set(self.input_scales) <= set(SCALE_ORDER) or len(set(self.input_scales)) != len(self.input_scales):
             raise ConfigError(f"input_scales must be distinct scales among 0 … 4, got {list(self.input_scales)}")
+        if self.shards and self.manifest: raise ConfigError("give data.shards (t2i) or data.manifest (edit, conditional, understanding), not both")
 
 @dataclass
 class InstructRunConfig:
@@ -131,6 +138,29 @@ class InstructRunConfig:
     def validate(self):
         if self.task != "understanding" and set(self.data.input_scales) != set(SCALE_ORDER):
             raise ConfigError(f"data.input_scales applies to the understanding task only (task is {self.task!r})")
+        if self.data.shards and self.task != "t2i": raise ConfigError(f"data.shards feeds the t2i task; give the {self.task} task a data.manifest")
+        if self.data.manifest and self.task == "t2i": raise ConfigError("the t2i task reads image-text pairs: give data.shards, not data.manifest")
+
+class T2IPair:
+    "A shard's image-text pair as a text-to-image example."
+    def __init__(self, image_size:int, seed:int=0):
+        from puma_nb.data import PairItem
+        self.pair = PairItem(image_size, seed, p_t2i=1.0)
+    def check(self, sample:dict): return self.pair.check(sample)
+    def __call__(self, sample:dict) -> dict: return {**self.pair(sample), "task": "t2i"}
+
+MANIFEST_KIND = {"edit": "edit", "conditional": "conditional", "understanding": "llava"}  # task -> `read_manifest` kind
+
+def instruct_data(cfg:InstructRunConfig):
+    "The task's training examples: ShapesWorld, t2i pairs streamed from `data.shards`, or the task's JSONL `data.manifest`."
+    d = cfg.data
+    if d.shards:
+        from puma_nb.data import ShardStream
+        return ShardStream(d.shards, T2IPair(d.image_size, d.seed), d.seed, d.shuffle_buffer, max_bad_rate=d.max_bad_rate)
+    if d.manifest:
+        from puma_nb.data import read_manifest
+        return read_manifest(d.manifest, MANIFEST_KIND[cfg.task], d.image_size, seed=d.seed, p_instruction=d.p_instruction)
+    return InstructData(cfg.task, d.n_train, "train", d.seed, d.p_instruction)
 
 def train_instruct(cfg:InstructRunConfig) -> FitResult:
     "Fine-tune the pretraining checkpoint on one task; save the model folder to `<out_dir>/model`."
@@ -142,7 +172,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     model, tok, mcfg = load_mllm(cfg.init)
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
-    ds = InstructData(cfg.task, cfg.data.n_train, "train", cfg.data.seed, cfg.data.p_instruction)
+    ds = instruct_data(cfg)
     res = fit(model, mllm_loss_fn(cfg.loss), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
     import torch.distributed as dist

@@ -20,7 +20,8 @@ from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything, 
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
-           'LossConfig', 'PretrainDataConfig', 'paper_schedule', 'PretrainRunConfig', 'mllm_loss_fn', 'train_pretrain']
+           'LossConfig', 'PretrainDataConfig', 'paper_schedule', 'PretrainRunConfig', 'mllm_loss_fn', 'TextLines',
+           'MixedStream', 'pretrain_data', 'train_pretrain']
 
 # %% ../nbs/07_pretrain.ipynb #ea8f7040
 SOURCES = ("t2i", "i2t", "text", "grounding")
@@ -65,8 +66,11 @@ def pretrain_sequence(tok, item:dict, f:torch.Tensor|None) -> dict:
 def pretrain_collate(enc, tok):
     "`fit`'s collate function: features from the frozen encoder, then each example's sequence."
     def collate(items):
-        x = torch.stack([it["image"] for it in items])
-        with torch.no_grad(): flat = flatten_pyramid(pyramid(enc(x)))
+        pics = [b for b, it in enumerate(items) if "image" in it]  # real text-only sequences have no picture
+        flat = [None] * len(items)
+        if pics:
+            with torch.no_grad(): f = flatten_pyramid(pyramid(enc(torch.stack([items[b]["image"] for b in pics]))))
+            for j, b in enumerate(pics): flat[b] = f[j]
         return collate_sequences([pretrain_sequence(tok, it, flat[b]) for b, it in enumerate(items)], tok.pad_token_id)
     return collate
 
@@ -85,10 +89,15 @@ class LossConfig:
 
 @dataclass
 class PretrainDataConfig:
-    encoder: str = "runs/clip/model"   # the frozen tiny CLIP
-    n_train: int = 50_000
+    encoder: str = "runs/clip/model"   # the frozen encoder: a tiny CLIP folder, or `clip-l` / `clip-l:PATH` (PUMA's)
+    n_train: int = 50_000              # ShapesWorld scenes
     seed: int = 0
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    shards: str = ""                   # real data: image-text pairs as webdataset shards (img2dataset layout; a brace pattern, list or folder); "" = ShapesWorld
+    shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
+    max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
+    grounding: str = ""                # shards: a GRIT-style JSONL manifest of phrase boxes (`12_data`); "" = no grounding
+    text: str = ""                     # shards: a JSONL file of {"text": …} lines (The Pile); "" = no text-only sequences
 
 def paper_schedule(steps:int, lr_backbone:float=3e-5, lr_projectors:float=1e-4, **kw) -> TrainConfig:
     "A.2.3's optimisation for a run of `steps`: two parameter groups, 2% warm-up, cosine, clipping 5.0."
@@ -108,6 +117,63 @@ def mllm_loss_fn(lc:LossConfig):
     "`loss_fn(model, batch)` for `fit`: Eq. 2, with its parts as metrics."
     return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize)
 
+class TextLines(torch.utils.data.Dataset):
+    "Text-only pretraining sequences from a JSONL file of `{\"text\": …}` lines, held in memory."
+    def __init__(self, path):
+        import json
+        self.path, self.lines = Path(path), []
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
+            if not line.strip(): continue
+            try: self.lines.append(str(json.loads(line)["text"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"{path}:{n}: expected a JSON object with a 'text' field ({type(e).__name__}: {e})") from None
+        if not self.lines: raise ConfigError(f"{path}: no text lines")
+    def __len__(self): return len(self.lines)
+    def __getitem__(self, k:int) -> dict: return {"source": "text", "caption": self.lines[k]}
+
+class MixedStream(torch.utils.data.IterableDataset):
+    "Real pretraining data: each position draws a source by the mixture weights; pairs stream from shards, the rest by random index."
+    def __init__(self,
+                 pairs, # a `ShardStream` of image-text pairs (`PairItem`: 50% t2i, 50% i2t)
+                 others:dict, # source name (`grounding`, `text`) -> a map-style dataset of its items
+                 weights:dict, # source name (`pairs` and the others) -> weight
+                 seed:int=0):
+        self.pairs, self.others, self.seed = pairs, others, seed
+        names = ["pairs", *others]
+        w = np.array([float(weights[n]) for n in names])
+        if w.min() < 0 or w.sum() <= 0: raise ConfigError(f"mixture weights must be ≥ 0 and not all 0, got {dict(zip(names, w))}")
+        self.names, self.p = names, w / w.sum()
+
+    def set_position(self, **kw): self.pairs.set_position(**kw)
+    @property
+    def layout(self): return self.pairs.layout
+
+    def source(self, slot:int, n:int) -> tuple[str, int]:
+        "The source of this reader's `n`-th item, and a random index for a map-style source: fixed by (seed, slot, n)."
+        rng = np.random.default_rng([self.seed, slot, n, 5])
+        return self.names[rng.choice(len(self.names), p=self.p)], int(rng.integers(2**62))
+
+    def __iter__(self):
+        slot, slots, skip, salt = self.pairs._start()
+        k = sum(self.source(slot, n)[0] == "pairs" for n in range(skip))  # the pairs the skipped positions took
+        pairs, n = self.pairs._iterate(slot, slots, k, salt), skip
+        while True:
+            name, r = self.source(slot, n)
+            yield next(pairs) if name == "pairs" else dict(self.others[name][r % len(self.others[name])])
+            n += 1
+
+def pretrain_data(cfg:PretrainDataConfig, image_size:int):
+    "ShapesWorld's mixture, or the real one: pairs from `shards`, phrase boxes from the `grounding` manifest, `text` lines."
+    if not cfg.shards:
+        if cfg.grounding or cfg.text: raise ConfigError("data.grounding and data.text join the real mixture: give data.shards too")
+        return PretrainMix(cfg.n_train, cfg.mixture, "train", cfg.seed)
+    from puma_nb.data import PairItem, ShardStream, read_manifest
+    pairs = ShardStream(cfg.shards, PairItem(image_size, cfg.seed), cfg.seed, cfg.shuffle_buffer, max_bad_rate=cfg.max_bad_rate)
+    others = {}
+    if cfg.grounding: others["grounding"] = read_manifest(cfg.grounding, "grit", image_size, seed=cfg.seed)
+    if cfg.text: others["text"] = TextLines(cfg.text)
+    return MixedStream(pairs, others, {"pairs": cfg.mixture.pairs, "grounding": cfg.mixture.grounding, "text": cfg.mixture.text}, cfg.seed)
+
 def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     "Pretrain the MLLM on the mixture; save it (config, weights, tokenizer) to `<out_dir>/model`."
     enc, tok = load_encoder(cfg.data.encoder), mllm_tokenizer(cfg.model)
@@ -115,7 +181,7 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
     model = build_mllm(cfg.model, tok)
-    res = fit(model, mllm_loss_fn(cfg.loss), PretrainMix(cfg.data.n_train, cfg.data.mixture, "train", cfg.data.seed), cfg.train,
+    res = fit(model, mllm_loss_fn(cfg.loss), pretrain_data(cfg.data, enc.image_size), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
     import torch.distributed as dist
     if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights

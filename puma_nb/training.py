@@ -413,7 +413,7 @@ class _Preemption:
         if self.old is not None: signal.signal(signal.SIGTERM, self.old)
 
 def _counting(collate_fn:Callable|None):
-    "Wrap a stream's collate: take each item's `_skipped` count out, return `(batch, skipped)`."
+    "Wrap a collate function: take each item's `_skipped` count (bad samples a dataset passed over) out, return `(batch, skipped)`."
     base = collate_fn or torch.utils.data.default_collate
     def collate(items):
         skipped = sum(int(it.pop("_skipped", 0)) for it in items if isinstance(it, dict))
@@ -449,7 +449,7 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     fsdp = isinstance(model, FSDPModule)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg)
-    start, ckpt, last = 0, latest_checkpoint(out), {}
+    start, ckpt, last, saved = 0, latest_checkpoint(out), {}, {}
     if ckpt is not None:
         if not cfg.resume:
             raise ConfigError(f"{out} already holds a checkpoint ({ckpt.name}) and resume is false: "
@@ -468,13 +468,16 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
         _truncate_metrics(out / "metrics.jsonl", start)
     stop = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
     stream = isinstance(dataset, torch.utils.data.IterableDataset)
-    if stream:  # the stream skips what this rank already consumed; each item may carry `_skipped`
-        dataset.set_position(rank=d.rank, world_size=d.world_size, micro_batch=m, batches=start * A)
+    if stream:  # the stream skips what this rank already consumed, knowing the layout it was consumed under
+        # the micro-batches consumed per rank, counted in the layout (ranks, workers, micro-batch) they were read in
+        dataset.set_position(rank=d.rank, world_size=d.world_size, micro_batch=m, batches=saved.get("stream_batches", start * A),
+                             num_workers=cfg.num_workers, saved=saved.get("stream_layout") if start else None)
         loader = torch.utils.data.DataLoader(dataset, batch_size=m, collate_fn=_counting(collate_fn), num_workers=cfg.num_workers)
     else:
         sampler = StepBatches(len(dataset), cfg.batch_size, m, d.rank, d.world_size, start, stop, cfg.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_counting(collate_fn),
                                              num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    stream_state = lambda step: {"stream_layout": list(dataset.layout), "stream_batches": step * A} if stream else {}
     ddp = nn.parallel.DistributedDataParallel(model) if d.world_size > 1 and not fsdp else None
     net = ddp or model
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -487,8 +490,8 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
         while step < stop:
             sums, n_bad = {}, 0
             for k in range(A):
-                batch = next(batches)
-                if stream: batch, bad = batch; n_bad += bad
+                batch, bad = next(batches)
+                n_bad += bad
                 batch = _to(batch, d.device)
                 seed_everything(micro_seed(cfg.seed, step, (d.rank * A + k) * m))
                 last_micro = k == A - 1
@@ -516,7 +519,7 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
                 row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
                        "lr": lrs[0], **({f"lr_{i}": lr for i, lr in enumerate(lrs)} if len(lrs) > 1 else {}),
                        "grad_norm": float(norm), "samples_per_s": len(window) * cfg.batch_size / (time.time() - t0),
-                       **({"skipped": skipped} if stream else {})}
+                       **({"skipped": skipped} if stream or skipped else {})}
                 window, t0 = [], time.time()
                 if do_eval:
                     model.eval()
@@ -527,12 +530,13 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
                     with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
             if preempted: status = "preempted"; break
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop:
-                save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last}, d, cfg.keep_ckpts)
+                save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last, **stream_state(step)}, d, cfg.keep_ckpts)
     bar.close()
+    del batches, loader  # shut the DataLoader's workers down now, not at a later garbage collection (5 s each)
     if step < cfg.steps and status == "done": status = "stopped"
-    if step > start: save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last}, d, cfg.keep_ckpts)
+    if step > start: save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last, **stream_state(step)}, d, cfg.keep_ckpts)
     if d.main and read_metrics(out): save_loss_plot(out)
-    if d.main and stream and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
+    if d.main and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if fsdp else None
     return FitResult(step, status, out, last, full)
 
