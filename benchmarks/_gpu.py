@@ -155,3 +155,12 @@ def write(result: dict, out: str):
         tmp.write_text(text); tmp.replace(out)
     return text
 
+
+def count_forward_flops(fn, dev) -> int:
+    "FLOPs of one forward by torch's FlopCounterMode (on a CPU through the math attention kernel, which it can count)."
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as fc, \
+            (sdpa_kernel([SDPBackend.MATH]) if dev.type == "cpu" else contextlib.nullcontext()):
+        fn()
+    return fc.get_total_flops()

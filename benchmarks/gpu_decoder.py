@@ -37,7 +37,6 @@ import _gpu  # first: it sets the allocator and offline environment before torch
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from torch.utils.flop_counter import FlopCounterMode
 
 from puma_nb.decoder import SDXL_UNET, Decoder, DecoderConfig, build_decoder, decoder_loss, make_scheduler
 from puma_nb.pyramid import SCALES
@@ -68,15 +67,6 @@ def build(tiny: bool) -> Decoder:
     "D_0 as puma_nb builds it for kind='sdxl' (tiny: the same classes at a small width)."
     if tiny: return Decoder(UNet2DConditionModel(**TINY_UNET), 64, SCALES[0])
     return build_decoder(0, DecoderConfig(kind="sdxl", feature_dim=1024))
-
-
-def count_forward_flops(fn, dev) -> int:
-    "FLOPs of one forward by torch's FlopCounterMode (on a CPU through the math attention kernel, which it can count)."
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with torch.no_grad(), FlopCounterMode(display=False) as fc, \
-            (sdpa_kernel([SDPBackend.MATH]) if dev.type == "cpu" else contextlib.nullcontext()):
-        fn()
-    return fc.get_total_flops()
 
 
 def main(argv=None):
@@ -138,7 +128,7 @@ def main(argv=None):
 
             def fwd():
                 with amp(): return model(z0[:1], torch.tensor([500], device=dev), f[:1])
-        fwd_flops = count_forward_flops(fwd, dev)  # eager, before any compilation
+        fwd_flops = _gpu.count_forward_flops(fwd, dev)  # eager, before any compilation
         if name in COMPILED:
             model.unet.to(memory_format=torch.channels_last)
             mode = None if args.compile_mode == "default" else args.compile_mode

@@ -27,12 +27,11 @@ Good numbers: the issue measured a plain eager transformers Llama-3-8B-shaped st
 micro-batch 8, bf16, fused AdamW); our target on H100/H200 is MFU >= 50% for the MLLM step. MFU uses the PaLM
 convention (see `flops_convention` in the JSON) and the dense bf16 peak (989 TFLOP/s for H100 SXM and H200).
 """
-import argparse, contextlib, sys, time
+import argparse, sys, time
 
 import _gpu  # first: it sets the allocator and offline environment before torch is imported
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from puma_nb.mllm import ALPHA, FEATURE_SCALE, LLAMA3_8B, N_FEATURES, POSITION_TOKENS, MLLMConfig, PumaLM, llama_config, puma_loss
@@ -148,15 +147,6 @@ def to(d, dev):
     return {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
 
 
-def count_forward_flops(fn, dev) -> int:
-    "FLOPs of one forward by torch's FlopCounterMode (on a CPU through the math attention kernel, which it can count)."
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with torch.no_grad(), FlopCounterMode(display=False) as fc, \
-            (sdpa_kernel([SDPBackend.MATH]) if dev.type == "cpu" else contextlib.nullcontext()):
-        fn()
-    return fc.get_total_flops()
-
-
 def main(argv=None):
     t_start = time.monotonic()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -243,7 +233,7 @@ def main(argv=None):
 
         r = {}
         if name in ("plain", "ours_eager"):  # the analytic count against torch's (forward only; lookups, norms are not matmuls)
-            r["forward_flops_counted_over_analytic"] = round(count_forward_flops(fwd, dev) / (flops / 3), 4)
+            r["forward_flops_counted_over_analytic"] = round(_gpu.count_forward_flops(fwd, dev) / (flops / 3), 4)
         torch.manual_seed(args.seed)
         r.update(_gpu.time_steps(step, dev, args.warmup, args.steps, deadline))
         r["tokens_per_s"] = round(B * S / r["step_s"], 1)

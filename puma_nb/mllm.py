@@ -242,8 +242,11 @@ def puma_loss(model:PumaLM, batch:dict,
               normalize:Literal["weights", "none"]="weights", # see above
              ) -> tuple[torch.Tensor, dict]:
     "Eq. 2 on a collated batch; also returns the CE and each scale's feature MSE (0 without image targets), for logging."
-    ids = batch["input_ids"]
-    h, _ = model(ids, batch["features"], batch["attention_mask"])
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    # right padding (`collate_sequences`): under the causal mask no real token attends to a pad, so the padding mask
+    # is dropped and attention keeps its fast path (no 4-D mask); a left-padded batch keeps its mask
+    right_padded = bool((am[:, 1:] <= am[:, :-1]).all())
+    h, _ = model(ids, batch["features"], None if right_padded else am)
     prev = lambda b, p: h[b, p - 1]  # the hidden state before a token predicts it
     tb, tp = batch["text_target"].nonzero(as_tuple=True)
     # a batch without text or image targets still touches the head it does not train (with weight 0), so that

@@ -51,6 +51,7 @@ def main(argv:list[str]|None=None) -> int:
         return 2
     try:
         res = run(cfg)
+        if dist.is_initialized(): dist.barrier()  # rank 0 may still be writing the model: every rank leaves together
         if (not dist.is_initialized()) or dist.get_rank() == 0:
             msg = {"done": "finished", "stopped": "stopped (stop_after); rerun to continue",
                    "preempted": "preempted (SIGTERM); checkpoint saved, rerun the same command to resume"}[res.status]

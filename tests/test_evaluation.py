@@ -10,15 +10,6 @@ from puma_nb import toyworld as tw
 from puma_nb.evaluation import (clip_embedder, clip_i, clip_t, coco30k, dino_embedder, emu_edit, five_scale_max, imagenet_val,
                                 learned_t2i, run_table1, run_table2, run_table3)
 from puma_nb.instruct import InstructData
-from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    save_clip(tiny_clip(), TinyClipConfig(), d)
-    return d
 
 
 def pictures(n, start=0):

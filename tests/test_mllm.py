@@ -140,3 +140,26 @@ def test_bad_configs_are_clear_errors():
         MLLMConfig(hidden_size=250, heads=4).validate()
     with pytest.raises(ValueError, match="needs 341 features"):
         build_sequence(tiny_tokenizer(), [Image(torch.zeros(5, 64))])
+
+
+
+def test_right_padded_batches_train_without_a_padding_mask(tok, monkeypatch):
+    # collate_sequences pads on the right: the causal mask already keeps every real token from the pads, so puma_loss
+    # drops the padding mask (attention keeps its fast path); the hidden states of real tokens are the masked ones
+    torch.manual_seed(0)
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2), tok)
+    b = collate_sequences([build_sequence(tok, [Text(t), Image(flatten_pyramid(pyr(seed=s)), target=True)])
+                           for s, t in ((0, "a red circle"), (1, "a small blue square at the top left on a white background"))],
+                          tok.pad_token_id)
+    am = b["attention_mask"]
+    assert not am.all()  # the first row is padded
+    real = am.bool()
+    h_mask, _ = m(b["input_ids"], b["features"], am)
+    h_none, _ = m(b["input_ids"], b["features"], None)
+    assert torch.allclose(h_mask[real], h_none[real], atol=1e-5)
+    masks = []
+    forward = PumaLM.forward
+    monkeypatch.setattr(PumaLM, "forward", lambda self, ids, f, mask=None, **kw: masks.append(mask) or forward(self, ids, f, mask, **kw))
+    puma_loss(m, b)
+    puma_loss(m, {**b, "attention_mask": am.flip(1)})  # left padding: the mask stays
+    assert masks[0] is None and torch.equal(masks[1], am.flip(1))

@@ -7,7 +7,6 @@ import torch
 
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.mllm import load_mllm
-from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
 from puma_nb.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +28,6 @@ def same_losses(a, b, rel=1e-4):
     assert worst < rel, (worst, la, lb)
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    save_clip(tiny_clip(), TinyClipConfig(), d)
-    return d
-
-
 def test_pretrain_under_fsdp_on_two_ranks_equals_one_process(tmp_path, clip_dir):
     # FSDP2 shards each LlamaDecoderLayer (with activation checkpointing) and the root; the global batch of 4
     # is 2 micro-batches of 2, accumulated in one process or one per rank.
@@ -52,12 +43,13 @@ def test_pretrain_under_fsdp_on_two_ranks_equals_one_process(tmp_path, clip_dir)
     assert s1.keys() == s2.keys() and all(torch.allclose(s1[k], s2[k], rtol=1e-3, atol=1e-5) for k in s1)
 
 
-def test_decoder_on_two_ranks_equals_one_process(tmp_path, clip_dir):
-    # DDP; the diffusion noise, timesteps and null-condition dropout are keyed by (step, offset in the global batch)
+def test_decoder_sharded_on_two_ranks_equals_one_process(tmp_path, clip_dir):
+    # FSDP2 on the UNet's down/mid/up stages with activation checkpointing, against one plain process; the diffusion
+    # noise, timesteps and null-condition dropout are keyed by (step, offset in the global batch)
     args = ["scale=2", f"data.encoder={clip_dir}", "data.n_train=100", "train.steps=3", "train.warmup_steps=1",
             "train.batch_size=4", "train.micro_batch_size=2", "train.log_every=1", "train.progress=false"]
     run_stage("decoder_tiny.yaml", tmp_path / "one", *args)
-    run_stage("decoder_tiny.yaml", tmp_path / "two", *args, ranks=2)
+    run_stage("decoder_tiny.yaml", tmp_path / "two", *args, "train.parallel=fsdp", "train.activation_checkpointing=true", ranks=2)
     same_losses(tmp_path / "one", tmp_path / "two")
     d1, d2 = load_puma_decoder(tmp_path / "one" / "unet_16"), load_puma_decoder(tmp_path / "two" / "unet_16")
     s1, s2 = d1.state_dict(), d2.state_dict()
