@@ -28,7 +28,7 @@ from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, Instruct
 # %% auto #0
 __all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'Preset', 'build_data', 'dataset_card',
            'build_encoder', 'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms',
-           'evaluate_mllms', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
+           'evaluate_mllms', 'figure6', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -238,6 +238,8 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
     fig = picture_grid([[it["image"] for it in items[:6]]] + [list(pics[i][:6]) for i in (4, 3, 2, 1, 0)],
                        ["caption's scene", "f4", "f3", "f2", "f1", "f0"], [it["caption"] for it in items[:6]])
     fig.savefig(out / "figure10.png", dpi=100); plt.close(fig)
+    fig, res["figure6"] = figure6(m, tok, enc, Ds, items[:4], **sampling)
+    fig.savefig(out / "figure6.png", dpi=100); plt.close(fig)
     m, tok = model("edit"); items = data("edit")
     res["table3"], pics = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
     for k, v in learned_edit(E, Dn, items, pics).items(): res["table3"][k].update(v)
@@ -254,6 +256,23 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
     fig.savefig(out / "figure_conditional.png", dpi=100); plt.close(fig)
     res["index"] = index
     return res
+
+def figure6(model, tok, enc, # the text-to-image model, its tokenizer, the frozen encoder
+            Ds:dict, # the decoders, by scale
+            items:list[dict], # `InstructData("t2i")` examples: their captions are the prompts
+            seeds=(0, 1, 2), **sample_kw):
+    "The paper's Fig. 6: each prompt's f̂4 and f̂3, generated once, decoded with several seeds; and how many different scenes they give."
+    from puma_nb.instruct import generate_pyramids
+    from puma_nb.reconstruction import decode_features
+    from puma_nb.decoder import null_features
+    f3, f4 = generate_pyramids(model, tok, enc, items, scale=3)  # [f̂3, f̂4]: coarse scales are generated first
+    rows, names, stats = [], [], {}
+    for i, f in ((4, f4), (3, f3)):
+        pics = [decode_features(Ds[i], f, null_features(enc, i, 64), seed=s, **sample_kw) for s in seeds]
+        rows += [list(p) for p in pics]; names += [f"f{i} seed {s}" for s in seeds]
+        scenes = [[tw.parse(tw.to_image(p[b])).scene for p in pics] for b in range(len(items))]
+        stats[f"f{i}"] = {"distinct_scenes_per_prompt": float(np.mean([len(set(map(repr, s))) for s in scenes])), "seeds": len(seeds)}
+    return picture_grid(rows, names, [it["caption"] for it in items]), stats
 
 def picture_grid(rows:list[list[torch.Tensor]], row_names:list[str], col_names:list[str]):
     "A figure of pictures: one row per list, named on the left; columns titled (wrapped) on top."
@@ -323,7 +342,13 @@ def mllm_report(report:dict) -> list[str]:
         lines.append(f"| {k} | {pct(r['color'])} | {pct(r['shape'])} | {pct(r['position'])} | {pct(r['background'])} | "
                      f"{pct(r['scene'])} | {num(r, 'lpips_d')} | {num(r, 'clip_i')} | {num(r, 'clip_t')} | {ci} | {ct} |")
     lines += ["", f"CLIP-I / CLIP-T: {report['learned_metrics']['clip_b32']}."]
-    lines += ["", "![Text-to-image at five scales (the paper's Fig. 10)](figure10.png)", "",
+    lines += ["", "![Text-to-image at five scales (the paper's Fig. 10)](figure10.png)", ""]
+    if "figure6" in report:
+        f6 = report["figure6"]
+        lines += ["Diverse text-to-image (the paper's Fig. 6): each prompt's f̂4 and f̂3, generated once, decoded with "
+                  f"{f6['f4']['seeds']} seeds; different scenes per prompt (by the parser): f4 {f6['f4']['distinct_scenes_per_prompt']:.2f}, "
+                  f"f3 {f6['f3']['distinct_scenes_per_prompt']:.2f}.", "", "![Fig. 6: one prompt, several seeds, at f4 and f3](figure6.png)", ""]
+    lines += [
               "## Table 3: editing", "", "Ours: the parsed result *is* the target scene (edit success), per decoding scale, and "
               "*max5* (any of the five scales); CLIP-I and DINO to the source, CLIP-T to the intended scene's caption (Emu-Edit's "
               "protocol). The paper's Emu-Edit numbers beside it.", "",

@@ -62,7 +62,7 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert all((out / "instruct" / f"understanding_f{i}" / "model" / "model.safetensors").exists() for i in range(5))
     text = (out / "REPORT.md").read_text()
     assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "## Table 5", "### Understanding", "## Conditional generation"))
-    assert all((out / f).exists() for f in ("figure3.png", "figure9.png", "figure10.png", "figure_conditional.png"))
+    assert all((out / f).exists() for f in ("figure3.png", "figure6.png", "figure9.png", "figure10.png", "figure_conditional.png"))
     w, h = Image.open(out / "gallery.png").size
     assert w > 500 and h > 500
 
