@@ -164,3 +164,11 @@ def count_forward_flops(fn, dev) -> int:
             (sdpa_kernel([SDPBackend.MATH]) if dev.type == "cpu" else contextlib.nullcontext()):
         fn()
     return fc.get_total_flops()
+
+
+def skip_reason(name: str, compiled: bool, args, deadline: float, dev: torch.device, min_left: dict) -> str | None:
+    "Why variant `name` does not run: --no-compile for a compiled one, or too little of --max-seconds left to start it."
+    if compiled and args.no_compile: return "--no-compile"
+    left = deadline - time.monotonic()
+    if left < (min_left.get(name, 10) if dev.type == "cuda" else 5): return f"time guard: {left:.0f} s left of --max-seconds {args.max_seconds}"
+    return None

@@ -152,11 +152,8 @@ def main(argv=None):
         return r
 
     for name in order:
-        left = deadline - time.monotonic()
-        if name in COMPILED and args.no_compile: result["variants"][name] = {"skipped": "--no-compile"}; continue
-        if left < (MIN_LEFT.get(name, 10) if dev.type == "cuda" else 5):
-            result["variants"][name] = {"skipped": f"time guard: {left:.0f} s left of --max-seconds {args.max_seconds}"}
-            continue
+        why = _gpu.skip_reason(name, name in COMPILED, args, deadline, dev, MIN_LEFT)
+        if why: result["variants"][name] = {"skipped": why}; continue
         print(f"[{name}] batch={B} latent={lat}x{lat} ...", file=sys.stderr, flush=True)
         res = _gpu.run_variant(name, lambda: bench(name, B), dev, name in COMPILED)
         while res.get("oom") and auto_batch and name == "plain" and B > 2 and deadline - time.monotonic() > 30:

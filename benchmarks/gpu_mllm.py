@@ -246,11 +246,8 @@ def main(argv=None):
         return r
 
     for name in first:
-        left = deadline - time.monotonic()
-        if name in COMPILED and args.no_compile: result["variants"][name] = {"skipped": "--no-compile"}; continue
-        if left < (MIN_LEFT.get(name, 10) if dev.type == "cuda" else 5):
-            result["variants"][name] = {"skipped": f"time guard: {left:.0f} s left of --max-seconds {args.max_seconds}"}
-            continue
+        why = _gpu.skip_reason(name, name in COMPILED, args, deadline, dev, MIN_LEFT)
+        if why: result["variants"][name] = {"skipped": why}; continue
         print(f"[{name}] layers={layers} batch={B} seq={S} ...", file=sys.stderr, flush=True)
         res = _gpu.run_variant(name, lambda: bench(name), dev, name in COMPILED)
         while res.get("oom") and auto and name == "plain" and layers > 4 and deadline - time.monotonic() > 30:

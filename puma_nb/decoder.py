@@ -251,7 +251,7 @@ def steps_per_scale(total:int) -> list[int]:
 
 # %% ../nbs/04_decoder.ipynb #084ea552
 from .config import to_dict
-from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
+from .pyramid import load_encoder, pyramid
 from .toyworld import ShapesWorld, collate
 from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
 

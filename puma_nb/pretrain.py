@@ -15,7 +15,7 @@ from . import toyworld as tw
 from .config import ConfigError, to_dict
 from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
                           empty_like, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
-from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
+from .pyramid import load_encoder, pyramid
 from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything, trained_model
 
 # %% auto #0

@@ -1,13 +1,10 @@
 "The stages on real-data layouts (shards, manifests) written here: pretraining's mixture, a decoder, an edit model; exact resume."
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from _helpers import run_train as train
 from puma_nb import toyworld as tw
 from puma_nb.data import encode_image, write_shards
 from puma_nb.decoder import load_puma_decoder
@@ -17,16 +14,7 @@ from puma_nb.pretrain import MixedStream, TextLines
 from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
 from puma_nb.training import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TINY_MLLM = ["model.hidden_size=64", "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
-
-
-def train(config, *overrides):
-    r = subprocess.run([sys.executable, "-m", "puma_nb.train", "--config", str(ROOT / "configs" / config), *overrides],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    return r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,14 @@
 "Scaling out: stages under torchrun (gloo, 2 CPU ranks) train the same models as one process; FSDP2 saves plain models."
-import os, subprocess, sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from _helpers import run_train
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.mllm import load_mllm
 from puma_nb.training import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def run_stage(config, out, *overrides, ranks=0):
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else [sys.executable])
-    cmd += ["-m", "puma_nb.train", "--config", str(ROOT / "configs" / config), f"train.out_dir={out}", *overrides]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    return r.stdout + r.stderr
+    return run_train(config, f"train.out_dir={out}", *overrides, ranks=ranks)
 
 
 def same_losses(a, b, rel=1e-4):
