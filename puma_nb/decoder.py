@@ -253,7 +253,7 @@ def steps_per_scale(total:int) -> list[int]:
 from .config import to_dict
 from .pyramid import load_encoder, pyramid
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
 
 # %% ../nbs/04_decoder.ipynb #e27bf7a6
 @dataclass
@@ -342,9 +342,12 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     if enc.width != cfg.model.feature_dim:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
-    dec = build_decoder(cfg.scale, cfg.model)
-    if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
-    elif cfg.init: init_from(dec, load_puma_decoder(cfg.init))
+    if builds_on_meta(cfg.train):  # under FSDP only rank 0 builds the weights (and reads SDXL's); it sends each rank its shards
+        with torch.device("meta"): dec = build_decoder(cfg.scale, cfg.model)
+    else:
+        dec = build_decoder(cfg.scale, cfg.model)
+        if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
+        elif cfg.init: init_from(dec, load_puma_decoder(cfg.init))
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     if cfg.data.shards:  # pictures (and captions) streamed from shards, resized to the decoder's side
         from puma_nb.data import PairItem, ShardStream

@@ -20,7 +20,7 @@ from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, Text, build_prompt,
 from .pretrain import LossConfig, mllm_loss_fn
 from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .reconstruction import decode_features, survival
-from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'CONDITIONAL_SCORE', 'InstructData',
@@ -169,7 +169,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
         raise FileNotFoundError(f"init: {cfg.init} is not a model folder; run the pretraining stage first (configs/pretrain_tiny.yaml)")
     enc = load_encoder(cfg.data.encoder)
     seed_everything(cfg.train.seed)
-    model, tok, mcfg = load_mllm(cfg.init)
+    model, tok, mcfg = load_mllm(cfg.init, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
     ds = instruct_data(cfg)

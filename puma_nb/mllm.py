@@ -5,6 +5,7 @@
 # %% ../nbs/06_mllm.ipynb #0de7ded7
 from __future__ import annotations
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,9 +26,9 @@ from . import toyworld as tw
 __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKENIZER_DIR', 'N_FEATURES', 'SCALE_ORDER',
            'FEATURE_SCALE', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
            'tiny_tokenizer', 'llama3_tokenizer', 'flatten_pyramid', 'unflatten_pyramid', 'Text', 'Image',
-           'select_scales', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config', 'PumaLM', 'build_mllm',
-           'empty_like', 'mllm_tokenizer', 'scale_shares', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features',
-           'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
+           'PumaLM', 'build_mllm', 'empty_like', 'mllm_tokenizer', 'scale_shares', 'puma_loss', 'build_prompt',
+           'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -115,12 +116,16 @@ class Image:
 def select_scales(flat:torch.Tensor, # a flattened pyramid `(…, 341, C)`
                   scales) -> torch.Tensor:
     "The tokens of the given scales, coarse to fine: `(…, Σ n_i, C)`."
-    return flat[..., torch.cat([(FEATURE_SCALE == i).nonzero()[:, 0] for i in SCALE_ORDER if i in scales]), :]
+    return flat[..., scale_index(scales), :]
+
+def scale_index(scales) -> torch.Tensor:
+    "Where the tokens of the given scales sit in the flattened 341 (coarse to fine): each feature token's index."
+    return torch.cat([(FEATURE_SCALE == i).nonzero()[:, 0] for i in SCALE_ORDER if i in scales])
 
 def build_sequence(tok, segments:list[Text|Image], eos_target:bool|None=None) -> dict:
     "`<s>` + segments + `</s>` → input_ids, features, and which tokens and features are targets."
     special = lambda t: tok.convert_tokens_to_ids(t)
-    ids, tgt, feats, ftgt, fscale = [tok.bos_token_id], [False], [], [], []
+    ids, tgt, feats, ftgt, fscale, findex = [tok.bos_token_id], [False], [], [], [], []
     for seg in segments:
         if isinstance(seg, Text):
             t = tok(seg.text, add_special_tokens=False)["input_ids"]
@@ -134,10 +139,12 @@ def build_sequence(tok, segments:list[Text|Image], eos_target:bool|None=None) ->
             tgt += [seg.target] + [False] * n + [seg.target]
             feats.append(seg.features); ftgt += [seg.target] * n
             fscale.append(torch.cat([torch.full((SCALES[i],), i) for i in scales]))
+            findex.append(scale_index(scales))
     ids.append(tok.eos_token_id); tgt.append(segments[-1].target if eos_target is None else eos_target)
     return {"input_ids": torch.tensor(ids), "text_target": torch.tensor(tgt),
             "features": torch.cat(feats) if feats else torch.zeros(0, 0), "feature_target": torch.tensor(ftgt, dtype=torch.bool),
-            "feature_scale": torch.cat(fscale) if fscale else torch.zeros(0, dtype=torch.long)}
+            "feature_scale": torch.cat(fscale) if fscale else torch.zeros(0, dtype=torch.long),
+            "feature_index": torch.cat(findex) if findex else torch.zeros(0, dtype=torch.long)}
 
 def collate_sequences(seqs:list[dict], pad_id:int) -> dict:
     "Right-pad to the longest sequence; features of the whole batch concatenated in placeholder order."
@@ -146,7 +153,7 @@ def collate_sequences(seqs:list[dict], pad_id:int) -> dict:
     mask = torch.stack([F.pad(torch.ones(len(s["input_ids"]), dtype=torch.long), (0, L - len(s["input_ids"]))) for s in seqs])
     return {"input_ids": pad("input_ids", pad_id), "attention_mask": mask, "text_target": pad("text_target", False),
             "features": torch.cat([s["features"] for s in seqs if s["features"].numel()] or [torch.zeros(0, 0)]),
-            **{k: torch.cat([s[k] for s in seqs]) for k in ("feature_target", "feature_scale")}}
+            **{k: torch.cat([s[k] for s in seqs]) for k in ("feature_target", "feature_scale", "feature_index")}}
 
 # %% ../nbs/06_mllm.ipynb #61f13705
 @dataclass
@@ -161,6 +168,7 @@ class MLLMConfig:
     intermediate_size: int = 688
     max_positions: int = 1024         # ≥ the longest sequence (an edit: two images, 2 × 343, plus words)
     rope_theta: float = 10_000.0
+    image_pos: bool = False           # a learned embedding of each feature token's place (0 … 340), added to input_proj(f)
     backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
@@ -184,32 +192,51 @@ class PumaLM(nn.Module):
                  llm:LlamaForCausalLM, # the backbone (its LM head classifies text tokens)
                  feature_dim:int, # C
                  feat_token_id:int, # the `<feat>` placeholder's id
+                 image_pos:bool=False, # add a learned embedding of each feature token's place in the pyramid (`MLLMConfig.image_pos`)
                 ):
         super().__init__()
         d = llm.config.hidden_size
         self.llm, self.feat_token_id = llm, feat_token_id
         self.input_proj = nn.Linear(feature_dim, d)
         self.output_proj = nn.Linear(d, feature_dim)
+        self.image_pos = nn.Embedding(N_FEATURES, d) if image_pos else None
+        if image_pos: nn.init.zeros_(self.image_pos.weight)  # starts as PUMA's plain projector
 
-    def embed(self, input_ids:torch.Tensor, features:torch.Tensor) -> torch.Tensor:
-        "Word embeddings, with `input_proj(features)` at the `<feat>` placeholders (filled in row-major order)."
+    def embed(self, input_ids:torch.Tensor, features:torch.Tensor,
+              feature_index:torch.Tensor|None=None, # each feature's place in the flattened 341 (`build_sequence`'s `feature_index`)
+             ) -> torch.Tensor:
+        "Word embeddings, with `input_proj(features)` (+ `image_pos(feature_index)`) at the `<feat>` placeholders (filled in order)."
         e = self.llm.get_input_embeddings()(input_ids)
         is_feat = (input_ids == self.feat_token_id).unsqueeze(-1)
         if features.numel() == 0: return e
-        return e.masked_scatter(is_feat, self.input_proj(features.to(e.dtype)).to(e.dtype))
+        x = self.input_proj(features.to(e.dtype))
+        if self.image_pos is not None:
+            if feature_index is None: raise ValueError("this model has image_pos: pass each feature's feature_index")
+            x = x + self.image_pos(feature_index.to(x.device))
+        return e.masked_scatter(is_feat, x.to(e.dtype))
 
     def forward(self, input_ids:torch.Tensor, features:torch.Tensor, attention_mask:torch.Tensor|None=None,
-                position_ids:torch.Tensor|None=None, cache=None, use_cache:bool=False):
+                position_ids:torch.Tensor|None=None, cache=None, use_cache:bool=False, feature_index:torch.Tensor|None=None):
         "Last hidden states `(B, L, d)`, and the KV cache (transformers' `DynamicCache`) when `use_cache`."
-        out = self.llm.model(inputs_embeds=self.embed(input_ids, features), attention_mask=attention_mask,
+        out = self.llm.model(inputs_embeds=self.embed(input_ids, features, feature_index), attention_mask=attention_mask,
                              position_ids=position_ids, cache=cache, use_cache=use_cache)
         return out.last_hidden_state, out.cache
 
-def build_mllm(cfg:MLLMConfig, tok) -> PumaLM:
+def build_mllm(cfg:MLLMConfig, tok,
+               on_meta:bool=False, # the shape only, on the `meta` device, reading no weights (FSDP ranks > 0: see `place_model`)
+              ) -> PumaLM:
     "A PumaLM of the configured shape for tokenizer `tok`: random weights, or `cfg.backbone`'s LLaMA with its embeddings grown for `tok`."
     cfg.validate()
+    if on_meta:
+        lc = llama_config(cfg, len(tok))
+        if cfg.backbone:  # the backbone's own config (a small file), grown for `tok` as below
+            try: lc = LlamaConfig.from_pretrained(cfg.backbone)
+            except OSError as e: raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here") from e
+            lc.vocab_size = max(lc.vocab_size, len(tok))
+        with torch.device("meta"):
+            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
     if not cfg.backbone:
-        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
     try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
@@ -218,11 +245,11 @@ def build_mllm(cfg:MLLMConfig, tok) -> PumaLM:
     if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
         raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
     if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
-    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
 
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
-    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id)
+    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None)
 
 def mllm_tokenizer(cfg:MLLMConfig) -> PreTrainedTokenizerFast:
     "The tokenizer a model of this kind reads: the shipped ShapesWorld one, or LLaMA-3's (from `backbone`) with PUMA's tokens."
@@ -246,7 +273,7 @@ def puma_loss(model:PumaLM, batch:dict,
     # right padding (`collate_sequences`): under the causal mask no real token attends to a pad, so the padding mask
     # is dropped and attention keeps its fast path (no 4-D mask); a left-padded batch keeps its mask
     right_padded = bool((am[:, 1:] <= am[:, :-1]).all())
-    h, _ = model(ids, batch["features"], None if right_padded else am)
+    h, _ = model(ids, batch["features"], None if right_padded else am, feature_index=batch.get("feature_index"))
     prev = lambda b, p: h[b, p - 1]  # the hidden state before a token predicts it
     tb, tp = batch["text_target"].nonzero(as_tuple=True)
     # a batch without text or image targets still touches the head it does not train (with weight 0), so that
@@ -277,14 +304,15 @@ def build_prompt(tok, segments:list[Text|Image], open_image:bool=False) -> dict:
     seq = build_sequence(tok, segments)
     ids = seq["input_ids"][:-1]
     if open_image: ids = torch.cat([ids, torch.tensor([tok.convert_tokens_to_ids("[IMG]")])])
-    return {"input_ids": ids, "features": seq["features"]}
+    return {"input_ids": ids, "features": seq["features"], "feature_index": seq["feature_index"]}
 
-def left_pad(prompts:list[dict], pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Left-padded ids, attention mask, position ids and concatenated features of a batch of prompts."
+def left_pad(prompts:list[dict], pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Left-padded ids, attention mask, position ids, and the concatenated features and feature indices of a batch of prompts."
     L = max(len(p["input_ids"]) for p in prompts)
     ids = torch.stack([F.pad(p["input_ids"], (L - len(p["input_ids"]), 0), value=pad_id) for p in prompts])
     mask = torch.stack([F.pad(torch.ones(len(p["input_ids"]), dtype=torch.long), (L - len(p["input_ids"]), 0)) for p in prompts])
-    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0), torch.cat([p["features"] for p in prompts])
+    index = torch.cat([p.get("feature_index", torch.arange(len(p["features"])) % N_FEATURES) for p in prompts])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0), torch.cat([p["features"] for p in prompts]), index
 
 @torch.no_grad()
 def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(..., open_image=True)`, with equal numbers of images
@@ -292,21 +320,23 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
                       use_cache:bool=True) -> torch.Tensor:
     "Image features generated coarse to fine: `(B, n, C)` holding f_4 … f_scale (see `unflatten_pyramid`)."
     dev, C = next(model.parameters()).device, model.output_proj.out_features
-    ids, mask, pos, feats = (t.to(dev) for t in left_pad(prompts, pad_id))
+    ids, mask, pos, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
     B = len(ids)
-    given = feats.view(B, -1, C)  # the prompts' own image features, per row
+    given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
     for k in range(TOKENS_UP_TO[scale]):
         if use_cache and k > 0:  # one new token; the cache holds everything before it
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             h, cache = model(torch.full((B, 1), model.feat_token_id, device=dev), out[-1], None if no_pad else mask,
-                             pos[:, -1:] + k, cache=cache, use_cache=True)
+                             pos[:, -1:] + k, cache=cache, use_cache=True, feature_index=torch.full((B,), k - 1, device=dev))  # out[-1] is token k - 1
         else:  # the whole prefix: the prompt and the k tokens generated so far
             k_ids = torch.cat([ids, torch.full((B, k), model.feat_token_id, device=dev)], 1)
             k_mask = torch.cat([mask, torch.ones((B, k), dtype=mask.dtype, device=dev)], 1)
             k_feats = torch.cat([given, torch.stack(out, 1) if out else given[:, :0]], 1).flatten(0, 1)
-            h, cache = model(k_ids, k_feats, None if no_pad else k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache)
+            k_index = torch.cat([given_index, torch.arange(k, device=dev).expand(B, k)], 1).flatten()  # the k-th generated is token k of 341
+            h, cache = model(k_ids, k_feats, None if no_pad else k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache,
+                             feature_index=k_index)
         out.append(model.output_proj(h[:, -1]))
     return torch.stack(out, 1)
 
@@ -316,7 +346,7 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
                   top_k:int=0, generator:torch.Generator|None=None, use_cache:bool=True) -> list[str]:
     "Text continuations of the prompts, until `</s>` (greedy, or sampled at `temperature` from the `top_k`)."
     dev = next(model.parameters()).device
-    ids, mask, pos, feats = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
+    ids, mask, pos, feats, index = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
     B, P = ids.shape
     new, done, cache = [], torch.zeros(B, dtype=torch.bool, device=dev), None
     for k in range(max_new_tokens):
@@ -326,7 +356,7 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
         else:
             k_ids = torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
             k_mask = torch.cat([mask, torch.ones((B, k), dtype=mask.dtype, device=dev)], 1)
-            h, cache = model(k_ids, feats, k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache)
+            h, cache = model(k_ids, feats, k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache, feature_index=index)
         logits = model.llm.lm_head(h[:, -1]).float()
         if temperature > 0:
             logits = logits / temperature
@@ -351,7 +381,9 @@ def save_mllm(model:PumaLM, tok, cfg:MLLMConfig, folder):
     tok.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True); tmp.rename(folder)  # a folder that exists is a whole one
 
-def load_mllm(folder, device="cpu") -> tuple[PumaLM, PreTrainedTokenizerFast, MLLMConfig]:
+def load_mllm(folder, device="cpu",
+              on_meta:bool=False, # build the model on the `meta` device without reading its weights (FSDP ranks > 0)
+             ) -> tuple[PumaLM, PreTrainedTokenizerFast, MLLMConfig]:
     "Read a folder written by `save_mllm`, with a clear error when it is not one."
     from puma_nb.config import from_dict
     folder = Path(folder)
@@ -359,7 +391,9 @@ def load_mllm(folder, device="cpu") -> tuple[PumaLM, PreTrainedTokenizerFast, ML
         raise FileNotFoundError(f"{folder} is not an MLLM folder: expected config.json, model.safetensors and a tokenizer")
     meta = json.loads((folder / "config.json").read_text())
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
-    model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"))
+    with torch.device("meta") if on_meta else nullcontext():
+        model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
+    if on_meta: return model, tok, cfg
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=True)
     return model.to(device), tok, cfg
 

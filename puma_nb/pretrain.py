@@ -16,7 +16,7 @@ from .config import ConfigError, to_dict
 from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
                           empty_like, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
 from .pyramid import load_encoder, pyramid
-from .training import FitResult, ParamGroup, TrainConfig, fit, seed_everything, trained_model
+from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
@@ -75,7 +75,7 @@ def pretrain_collate(enc, tok):
     return collate
 
 # %% ../nbs/07_pretrain.ipynb #8fbb741c
-PROJECTORS = r"^(input_proj|output_proj)\."
+PROJECTORS = r"^(input_proj|output_proj|image_pos)\."
 
 @dataclass
 class LossConfig:
@@ -180,7 +180,7 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     if enc.width != cfg.model.feature_dim:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
     seed_everything(cfg.train.seed)
-    model = build_mllm(cfg.model, tok)
+    model = build_mllm(cfg.model, tok, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     res = fit(model, mllm_loss_fn(cfg.loss), pretrain_data(cfg.data, enc.image_size), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
     import torch.distributed as dist

@@ -22,9 +22,9 @@ from .config import ConfigError, to_dict
 # %% auto #0
 __all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
            'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed',
-           'StepBatches', 'shard_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult',
-           'trained_model', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe',
+           'StepBatches', 'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot',
+           'FitResult', 'trained_model', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe',
            'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
 
 # %% ../nbs/02_training.ipynb #d461344d
@@ -240,6 +240,37 @@ def shard_model(model:nn.Module, # the model, on its device
         fully_shard(model, mp_policy=mp)
     return model
 
+def builds_on_meta(cfg:TrainConfig) -> bool:
+    "Should this process build its model on the `meta` device? Yes on the ranks > 0 of an FSDP job: rank 0 alone reads the weights."
+    return cfg.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+
+def place_model(model:nn.Module, # the model: real weights, or (ranks > 0 under FSDP) built on the `meta` device
+                cfg:TrainConfig, d:Dist) -> nn.Module:
+    "Move `model` to this rank's device and shard it; where ranks > 0 built it on `meta`, rank 0's weights fill every rank's shards."
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    on_meta = any(p.is_meta for p in model.parameters())
+    flag = torch.tensor([float(on_meta)], device=d.device)
+    if d.world_size > 1: dist.all_reduce(flag)
+    if not flag.item():
+        model.to(d.device)
+        return shard_model(model, cfg, d)
+    if d.rank == 0 and on_meta: raise ConfigError("rank 0 built its model on the meta device: rank 0 must hold the weights it sends")
+    if not (cfg.parallel == "fsdp" and d.world_size > 1):
+        raise ConfigError("a model built on the meta device needs parallel: fsdp on several ranks (rank 0 sends the weights)")
+    full = model.state_dict() if d.rank == 0 else {}  # rank 0's weights, kept on the host until they are sent
+    extra = [n for n, _ in model.named_buffers() if n not in model.state_dict()]  # non-persistent buffers (RoPE's inv_freq)
+    kept = {n: b.detach().clone() for n, b in model.named_buffers() if n in extra} if d.rank == 0 else {}
+    model.to("meta")
+    shard_model(model, cfg, d)
+    model.to_empty(device=d.device)  # each rank allocates its shards only
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    buffers = dict(model.named_buffers())
+    for n in extra:
+        if d.rank == 0: buffers[n].copy_(kept[n])
+        dist.broadcast(buffers[n], 0)
+    if d.main: print(f"rank 0 sent its weights to {d.world_size - 1} rank(s) that built the model on meta")
+    return model
+
 # %% ../nbs/02_training.ipynb #621e99b3
 import warnings
 import torch.distributed.checkpoint as dcp
@@ -444,8 +475,7 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     out = Path(cfg.out_dir)
     m, A = cfg.accumulation(d.world_size)
     run_config = run_config if run_config is not None else {"train": to_dict(cfg)}
-    model.to(d.device)
-    shard_model(model, cfg, d)
+    place_model(model, cfg, d)
     fsdp = isinstance(model, FSDPModule)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg)

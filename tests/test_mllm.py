@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM
 from puma_nb.mllm import (ALPHA, N_FEATURES, SCALE_ORDER, TOKENIZER_DIR, Image, MLLMConfig, PumaLM, Text, build_mllm,
                           build_prompt, build_sequence, build_tokenizer, collate_sequences, flatten_pyramid, generate_features,
                           generate_text, llama_config, load_mllm, puma_loss, save_mllm, scale_shares, shapesworld_words,
-                          tiny_tokenizer, unflatten_pyramid)
+                          select_scales, tiny_tokenizer, unflatten_pyramid)
 from puma_nb.pyramid import SCALES
 from puma_nb import toyworld as tw
 
@@ -58,7 +58,7 @@ def test_sequence_targets_and_the_shift(tok):
     m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2), tok)
     b = collate_sequences([seq], tok.pad_token_id)
     emb = m.embed(b["input_ids"], b["features"])
-    m.forward = lambda ids, feats, mask=None, pos=None, cache=None, use_cache=False: (torch.roll(emb, -1, 1), None)
+    m.forward = lambda ids, feats, mask=None, pos=None, cache=None, use_cache=False, feature_index=None: (torch.roll(emb, -1, 1), None)
     with torch.no_grad():
         m.output_proj.weight.copy_(torch.linalg.pinv(m.input_proj.weight)); m.output_proj.bias.copy_(-m.output_proj.weight @ m.input_proj.bias)
     _, parts = puma_loss(m, b)
@@ -88,9 +88,11 @@ def test_eq2_weights_and_normalisation(tok):
     assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
 
 
-def test_cached_generation_equals_recomputing_the_prefix(tok):
+@pytest.mark.parametrize("image_pos", [False, True])
+def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos):
     torch.manual_seed(0)
-    m = build_mllm(MLLMConfig(), tok).eval()
+    m = build_mllm(MLLMConfig(image_pos=image_pos), tok).eval()
+    if image_pos: torch.nn.init.normal_(m.image_pos.weight)  # zero at init: give each place its own vector, so the test can fail
     prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
                build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
     a = generate_features(m, prompts, tok.pad_token_id, scale=1)
@@ -120,6 +122,39 @@ def test_save_and_load(tok, tmp_path):
     assert torch.equal(generate_features(m, p, tok.pad_token_id, 3), generate_features(m2.eval(), p, tok.pad_token_id, 3))
     with pytest.raises(FileNotFoundError, match="not an MLLM folder"):
         load_mllm(tmp_path / "nothing")
+
+
+def test_meta_builds_have_the_real_shapes(tok, tmp_path):
+    # FSDP ranks > 0 build the model on meta (no memory, no weights read); rank 0 sends the weights (`place_model`)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=1, image_pos=True)
+    m = build_mllm(cfg, tok)
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    shapes = {k: v.shape for k, v in m.state_dict().items()}
+    for meta in (build_mllm(cfg, tok, on_meta=True), load_mllm(tmp_path / "m", on_meta=True)[0]):
+        assert all(p.is_meta for p in meta.parameters()) and {k: v.shape for k, v in meta.state_dict().items()} == shapes
+
+
+def test_image_pos_reads_each_feature_at_its_place(tok, tmp_path):
+    torch.manual_seed(0)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=1, image_pos=True)
+    m = build_mllm(cfg, tok).eval()
+    flat = flatten_pyramid(pyr(seed=0))
+    seq = build_sequence(tok, [Image(flat), Text("a red circle", target=True)])
+    assert torch.equal(seq["feature_index"], torch.arange(341))
+    only = build_sequence(tok, [Image(select_scales(flat, (4, 0)), scales=(4, 0))])  # Table 5's inputs keep their places
+    assert torch.equal(only["feature_index"], torch.cat([torch.tensor([0]), torch.arange(85, 341)]))
+    b = collate_sequences([seq], tok.pad_token_id)
+    plain = m.embed(b["input_ids"], b["features"], b["feature_index"])
+    assert torch.equal(plain, m.embed(b["input_ids"], b["features"], b["feature_index"].flip(0)))  # zero-initialised: PUMA's projector
+    torch.nn.init.normal_(m.image_pos.weight)
+    e = m.embed(b["input_ids"], b["features"], b["feature_index"])
+    feat = b["input_ids"][0] == m.feat_token_id
+    assert torch.allclose(e[0, feat], plain[0, feat] + m.image_pos.weight, atol=1e-6) and torch.equal(e[0, ~feat], plain[0, ~feat])
+    with pytest.raises(ValueError, match="feature_index"):
+        m.embed(b["input_ids"], b["features"])
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    m2, _, cfg2 = load_mllm(tmp_path / "m")
+    assert cfg2.image_pos and torch.equal(m2.image_pos.weight, m.image_pos.weight)
 
 
 def test_llama3_8b_shape_on_meta():

@@ -240,6 +240,13 @@ def test_ddp_with_dropout_matches_one_process_and_resumes_on_two_ranks(tmp_path)
     close_runs(tmp_path / "one", tmp_path / "mixed")
 
 
+def test_a_meta_model_needs_fsdp_ranks_to_fill_it():
+    from puma_nb.training import Dist, TrainConfig, place_model
+    with torch.device("meta"): m = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="rank 0 built its model on the meta device"):
+        place_model(m, TrainConfig(parallel="fsdp"), Dist())
+
+
 def test_fsdp_needs_blocks_to_shard(tmp_path):
     cfg = probe_cfg(tmp_path / "x", steps=2, parallel="fsdp", fsdp_blocks=["NoSuchBlock"])
     with pytest.raises(ConfigError, match="is one of fsdp_blocks"):
