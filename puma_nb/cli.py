@@ -26,9 +26,10 @@ from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, Instruct
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
-__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'Preset', 'build_data', 'dataset_card',
-           'build_encoder', 'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms',
-           'evaluate_mllms', 'figure6', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job', 'main']
+__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'Preset', 'Interrupted', 'build_data',
+           'dataset_card', 'build_encoder', 'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe',
+           'build_mllms', 'evaluate_mllms', 'figure6', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job',
+           'main']
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -51,6 +52,14 @@ class Preset:
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), table5_steps=1, eval_n=6),
            "toy": Preset("toy", 20_000, 500, 500, clip_steps=400)}
+
+class Interrupted(Exception):
+    "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
+
+def _done(res) -> None:
+    "Go on only after a stage that finished (`None`: it had finished before)."
+    if res is not None and res.status != "done":
+        raise Interrupted(f"{res.out_dir}: {res.status} at step {res.step}; rerun the same command to resume")
 
 def _task_row(ds:tw.ShapesWorld, i:int) -> dict:
     "A test example as JSON: tensors dropped (they are re-rendered from the scenes), words and scenes kept."
@@ -112,7 +121,7 @@ def build_encoder(p:Preset, out:Path) -> dict:
     cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, p.clip_steps // 10), log_every=10, ckpt_every=100,
                         out_dir=str(out / "clip"))
     cfg.data.n_test, cfg.data.seed = p.n_test, p.seed
-    res = train_clip(cfg)
+    res = train_clip(cfg); _done(res)
     clip, ccfg = load_clip(out / "clip" / "model")
     probe = probe_scales(tiny_encoder(clip, ccfg), n_train=min(2000, p.n_train), n_test=p.n_test, seed=p.seed)
     return {"retrieval": {k: res.last[k] for k in ("t2i_top1", "i2t_top1")}, "probe": probe, "clip_steps": res.step}
@@ -132,7 +141,9 @@ def build_decoders(p:Preset, out:Path, lpips:tuple|None=None) -> dict:
     "Train D_0 … D_4 (resuming, skipping finished ones), measure Table 1, draw Figure 3, write the decodings to `samples/`."
     import matplotlib.pyplot as plt
     from PIL import Image
-    train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders")
+    for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders").values(): _done(res)
+    if (out / "table1.json").exists() and (out / "figure3.png").exists():  # measured before an interruption
+        return json.loads((out / "table1.json").read_text())
     clip, ccfg = load_clip(out / "clip" / "model")
     enc = tiny_encoder(clip, ccfg)
     ds = tw.ShapesWorld("test", p.table1_n, "caption", p.seed)
@@ -153,8 +164,10 @@ def build_decoders(p:Preset, out:Path, lpips:tuple|None=None) -> dict:
                 index.append({"task": "reconstruct", "prompt": None, "instruction": None,
                               "source": f"samples/reconstruct/{j:04d}_original.png", "scene": s.to_dict(), "scale": i,
                               "seed": seed, "path": f"samples/reconstruct/{name}"})
-    return {"table1": rows, "chance": chance_rates(scenes), "sampling": sampling, "lpips": lp_name, "n_images": p.table1_n,
-            "index": index}
+    t1 = {"table1": rows, "chance": chance_rates(scenes), "sampling": sampling, "lpips": lp_name, "n_images": p.table1_n,
+          "index": index}
+    (out / "table1.json").write_text(json.dumps(t1))  # a resumed job does not decode it all again
+    return t1
 
 def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
     "The tiny pretraining recipe, as `configs/pretrain_tiny.yaml` writes it (a test keeps the two equal)."
@@ -179,19 +192,19 @@ def build_mllms(p:Preset, out:Path) -> dict:
     pre = pretrain_recipe(enc)
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
-    if not _finished(out / "pretrain"): train_pretrain(pre)
+    if not _finished(out / "pretrain"): _done(train_pretrain(pre))
     for task in INSTRUCT_TASKS:
         cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
         n = p.instruct_steps[task]
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
         cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
-        if not _finished(out / "instruct" / task): train_instruct(cfg)
+        if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
     for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture
         cfg = instruct_recipe("understanding", out / "pretrain" / "model", enc)
         cfg.train = replace(cfg.train, steps=p.table5_steps, warmup_steps=max(1, p.table5_steps // 20),
                             out_dir=str(out / "instruct" / f"understanding_f{i}"))
         cfg.data.n_train, cfg.data.seed, cfg.data.input_scales = p.n_train, p.seed, (i,)
-        if not _finished(out / "instruct" / f"understanding_f{i}"): train_instruct(cfg)
+        if not _finished(out / "instruct" / f"understanding_f{i}"): _done(train_instruct(cfg))
     steps["table5"] = p.table5_steps
     return {"steps": steps, "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
 
@@ -414,7 +427,8 @@ def main(argv:list[str]|None=None) -> int:
     ap.add_argument("preset", choices=list(PRESETS), help="smoke: seconds, for CI; toy: the main job")
     ap.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     args = ap.parse_args(argv)
-    run_main_job(args.preset, args.out)
+    try: run_main_job(args.preset, args.out)
+    except Interrupted as e: print(f"puma-nb {args.preset}: interrupted — {e}")
     return 0
 
 # %% ../nbs/99_cli.ipynb #cb1fab98

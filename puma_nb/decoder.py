@@ -358,7 +358,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0:
+    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
         dec = trained_model(res, dec, lambda: build_decoder(cfg.scale, cfg.model))  # FSDP: the gathered weights
         dec.scheduler_config = cfg.diffusion.scheduler_config()
         save_puma_decoder(dec, Path(cfg.export_dir or cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")

@@ -176,7 +176,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     res = fit(model, mllm_loss_fn(cfg.loss), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, mcfg, Path(cfg.train.out_dir) / "model")
     return res
 

@@ -184,6 +184,6 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     res = fit(model, mllm_loss_fn(cfg.loss), pretrain_data(cfg.data, enc.image_size), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
     import torch.distributed as dist
-    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

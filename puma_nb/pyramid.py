@@ -204,7 +204,7 @@ def train_clip(cfg:ClipRunConfig) -> FitResult:
     net = TrainableCLIP(model, cfg.model.image_size)
     res = fit(net, clip_loss_fn(cfg.model), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
               name="clip", eval_fn=lambda m: retrieval(m.clip, cfg.model, cfg.data.n_test, "test", cfg.data.seed))
-    if (not dist.is_initialized()) or dist.get_rank() == 0:  # under FSDP, `trained_model` holds the gathered weights
+    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
         net = trained_model(res, net, lambda: TrainableCLIP(tiny_clip(cfg.model), cfg.model.image_size))
         save_clip(net.clip, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

@@ -179,4 +179,5 @@ def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.ya
                      warmup_steps=min(base.train.warmup_steps, steps // 10))
         init = str(out / f"unet_{SCALES[i - 1]}") if chain and i > 0 else base.init
         results[i] = train_decoder(replace(base, scale=i, train=tc, export_dir=str(out), init=init))
+        if results[i].status != "done": break  # preempted or stopped: D_i is not exported, and D_{i+1} starts from it
     return results

@@ -38,6 +38,7 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     # the five decoders, Table 1, Figure 3, the samples index
     assert all((out / "decoders" / f"unet_{n}" / "config.json").exists() for n in (1, 4, 16, 64, 256))
     t1 = report["table1"]
+    assert json.loads((out / "table1.json").read_text())["table1"] == t1  # kept for a resumed job
     assert list(t1) == ["f0", "f1", "f2", "f3", "f4"]
     assert all(set(r) >= {"psnr_r", "lpips_r", "psnr_d", "lpips_d", "color", "shape", "position", "background"} for r in t1.values())
     assert "lpips" in report["stand_ins"] and report["table1_info"]["n_images"] == 8
@@ -93,3 +94,15 @@ def test_config_files_match_the_main_jobs_mllm_recipes():
         a = to_dict(load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", [f"task={task}", f"train.out_dir=runs/instruct/{task}"]))
         b = to_dict(instruct_recipe(task, "runs/pretrain/model", "runs/clip/model"))
         assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
+    from puma_nb import cli
+    from puma_nb.training import FitResult
+    cli._done(None)  # a stage finished before: go on
+    cli._done(FitResult(10, "done", tmp_path, {}, None))
+    def preempted(*a, **kw): cli._done(FitResult(3, "preempted", tmp_path / "pretrain", {}, None))
+    monkeypatch.setattr(cli, "run_main_job", preempted)
+    assert cli.main(["smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted" in out and "preempted at step 3; rerun the same command to resume" in out

@@ -58,6 +58,7 @@ def test_pretrain_stage_from_its_config_file_resumes_exactly(tmp_path):
     r = run(tmp_path / "a")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run(tmp_path / "b", "train.stop_after=3"); assert r.returncode == 0, r.stderr[-2000:]
+    assert not (tmp_path / "b" / "model").exists()  # a stopped stage exports no model: the main job would take it for done
     r = run(tmp_path / "b"); assert r.returncode == 0, r.stderr[-2000:]
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [x["loss"] for x in a] == [x["loss"] for x in b] and len(a) == 6
