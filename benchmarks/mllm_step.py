@@ -4,6 +4,7 @@ on the same sequence shape (input_ids, next-token CE over every position). Steps
 
     python benchmarks/mllm_step.py                    # the tiny MLLM, a text-to-image batch
     python benchmarks/mllm_step.py --batch 16 --steps 10
+    python benchmarks/mllm_step.py --image-pos        # with the tiny recipe's learned feature places (image_pos)
 """
 import argparse, json, platform
 
@@ -19,9 +20,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--image-pos", action="store_true", help="MLLMConfig.image_pos, as configs/pretrain_tiny.yaml")
     args = ap.parse_args()
     torch.manual_seed(0)
-    tok, cfg = tiny_tokenizer(), MLLMConfig()
+    tok, cfg = tiny_tokenizer(), MLLMConfig(image_pos=args.image_pos)
     ours = build_mllm(cfg, tok)
     plain = build_mllm(cfg, tok).llm  # an identical Llama, without PUMA's projectors and loss
     seqs = [build_sequence(tok, [Text("a large red circle at the top left on a white background"),
@@ -42,7 +44,7 @@ def main():
     med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({"benchmark": "MLLM training step vs plain transformers Llama step", "device": "cpu",
                       "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                      "torch": torch.__version__, "batch": args.batch, "seq_len": ids.shape[1],
+                      "torch": torch.__version__, "batch": args.batch, "seq_len": ids.shape[1], "image_pos": args.image_pos,
                       "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
                       "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
                       "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))

@@ -174,8 +174,7 @@ def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
     return PretrainRunConfig(
         train=TrainConfig(steps=1000, batch_size=16, lr=1e-3, param_groups=[ParamGroup(PROJECTORS, lr=3e-3)], warmup_steps=20,
                           schedule="cosine", grad_clip=5.0, precision="bf16", log_every=20, ckpt_every=250, out_dir="runs/pretrain"),
-        model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024,
-                        image_pos=True),
+        model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024),
         data=PretrainDataConfig(encoder=str(encoder)))
 
 def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:
@@ -410,7 +409,7 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
                             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, "
                                         "f_i also laid on the latent grid) in place of SDXL UNets with SDXL's VAE",
                             "lpips": rec["lpips"], **ev["learned_metrics"],
-                            "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters, plus a learned embedding of each feature token's place) with a word-level ShapesWorld "
+                            "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld "
                                     "tokenizer, pretrained for minutes, in place of LLaMA-3-8B"}}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "REPORT.md").write_text(human_report(report))
