@@ -253,7 +253,7 @@ def steps_per_scale(total:int) -> list[int]:
 from .config import to_dict
 from .pyramid import load_encoder, pyramid
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% ../nbs/04_decoder.ipynb #e27bf7a6
 @dataclass
@@ -357,8 +357,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     f_null = null_features(enc, cfg.scale, enc.image_size)
     res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
-    import torch.distributed as dist
-    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
+    if exports(res):  # rank 0 of a finished run
         dec = trained_model(res, dec, lambda: build_decoder(cfg.scale, cfg.model))  # FSDP: the gathered weights
         dec.scheduler_config = cfg.diffusion.scheduler_config()
         save_puma_decoder(dec, Path(cfg.export_dir or cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")

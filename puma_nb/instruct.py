@@ -20,7 +20,7 @@ from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, Text, build_prompt,
 from .pretrain import LossConfig, mllm_loss_fn
 from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .reconstruction import decode_features, survival
-from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'CONDITIONAL_SCORE', 'InstructData',
@@ -175,8 +175,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     ds = instruct_data(cfg)
     res = fit(model, mllm_loss_fn(cfg.loss), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
-    import torch.distributed as dist
-    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
+    if exports(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, mcfg, Path(cfg.train.out_dir) / "model")
     return res
 

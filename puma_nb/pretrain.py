@@ -16,7 +16,7 @@ from .config import ConfigError, to_dict
 from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
                           empty_like, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
 from .pyramid import load_encoder, pyramid
-from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, fit, seed_everything, trained_model
+from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
@@ -183,7 +183,6 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     model = build_mllm(cfg.model, tok, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     res = fit(model, mllm_loss_fn(cfg.loss), pretrain_data(cfg.data, enc.image_size), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
-    import torch.distributed as dist
-    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
+    if exports(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

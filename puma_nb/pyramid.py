@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ConfigError, to_dict
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, exports, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'tiny_clip', 'tokenizer',
@@ -204,7 +204,7 @@ def train_clip(cfg:ClipRunConfig) -> FitResult:
     net = TrainableCLIP(model, cfg.model.image_size)
     res = fit(net, clip_loss_fn(cfg.model), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
               name="clip", eval_fn=lambda m: retrieval(m.clip, cfg.model, cfg.data.n_test, "test", cfg.data.seed))
-    if res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0):  # a stopped run exports nothing yet
+    if exports(res):  # rank 0 of a finished run
         net = trained_model(res, net, lambda: TrainableCLIP(tiny_clip(cfg.model), cfg.model.image_size))
         save_clip(net.clip, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

@@ -24,8 +24,8 @@ __all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig
            'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed',
            'StepBatches', 'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint', 'save_checkpoint',
            'load_checkpoint', 'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot',
-           'FitResult', 'trained_model', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe',
-           'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
+           'FitResult', 'trained_model', 'exports', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig',
+           'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -257,8 +257,9 @@ def place_model(model:nn.Module, # the model: real weights, or (ranks > 0 under 
     if d.rank == 0 and on_meta: raise ConfigError("rank 0 built its model on the meta device: rank 0 must hold the weights it sends")
     if not (cfg.parallel == "fsdp" and d.world_size > 1):
         raise ConfigError("a model built on the meta device needs parallel: fsdp on several ranks (rank 0 sends the weights)")
-    full = model.state_dict() if d.rank == 0 else {}  # rank 0's weights, kept on the host until they are sent
-    extra = [n for n, _ in model.named_buffers() if n not in model.state_dict()]  # non-persistent buffers (RoPE's inv_freq)
+    sd = model.state_dict()
+    full = sd if d.rank == 0 else {}  # rank 0's weights, kept on the host until they are sent
+    extra = [n for n, _ in model.named_buffers() if n not in sd]  # non-persistent buffers (RoPE's inv_freq)
     kept = {n: b.detach().clone() for n, b in model.named_buffers() if n in extra} if d.rank == 0 else {}
     model.to("meta")
     shard_model(model, cfg, d)
@@ -460,6 +461,10 @@ def trained_model(res:FitResult, # what `fit` returned
     fresh = build()
     fresh.load_state_dict(res.state_dict)
     return fresh
+
+def exports(res:FitResult) -> bool:
+    "Does this process write the stage's model? Rank 0 of a finished run: a stopped or preempted run exports nothing yet."
+    return res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0)
 
 def fit(model:nn.Module, # the model; its trainable parameters are optimised
         loss_fn:Callable, # `loss_fn(model, batch) -> loss | (loss, metrics)`, the mean over the micro-batch
