@@ -332,15 +332,11 @@ def parse_line(rec:dict, kind:str, where:str) -> list[dict]:
         return [{"task": "conditional", "paths": {"condition": rec["condition"], "image": rec["target"]}, "kind": CONDITIONAL_TASKS[rec["task"]],
                  "caption": rec["caption"], "masked": None, "scene": None}]
     if kind == "llava":
-        from puma_nb.mllm import CHAT  # `USER:`, `ASSISTANT:`
         if "image" not in rec: _turns(rec.get("conversations"), where); return []  # text-only: checked, then skipped
         _need(rec, ("image",), where, kind)
-        turns, out = _turns(rec.get("conversations"), where), []
-        for j, (q, a) in enumerate(turns):
-            context = " ".join(f"{q_} {CHAT[1]} {a_} {CHAT[0]}" for q_, a_ in turns[:j])
-            out.append({"task": "understanding", "paths": {"image": rec["image"]}, "question": f"{context} {q}".strip(), "answer": a,
-                        "kind": str(rec.get("kind", "llava")), "caption": "", "scene": None})
-        return out
+        turns = _turns(rec.get("conversations"), where)  # one sequence, the loss on every answer (`instruct.chat_segments`)
+        return [{"task": "understanding", "paths": {"image": rec["image"]}, "question": turns[0][0], "answer": turns[0][1],
+                 **({"turns": turns} if len(turns) > 1 else {}), "kind": str(rec.get("kind", "llava")), "caption": "", "scene": None}]
     if kind == "grit":
         _need(rec, ("image", "caption"), where, kind)
         if "boxes" not in rec and "ref_exps" not in rec: raise ManifestError(f"{where}: a line of kind 'grit' needs 'boxes' (or GRIT's 'ref_exps'); it has {sorted(rec)}")

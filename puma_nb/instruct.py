@@ -24,10 +24,10 @@ from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'CONDITIONAL_SCORE', 'InstructData',
-           'instruct_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig', 'InstructRunConfig',
-           'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images', 'answer',
-           'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table', 'edit_table',
-           'conditional_table']
+           'instruct_segments', 'chat_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig',
+           'InstructRunConfig', 'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images',
+           'answer', 'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table',
+           'edit_table', 'conditional_table']
 
 # %% ../nbs/08_instruct.ipynb #f5b788ab
 INSTRUCT_TASKS = ("t2i", "edit", "conditional", "understanding")
@@ -41,10 +41,12 @@ class InstructData(torch.utils.data.Dataset):
                  split:str="train", # `train`, `val` or `test`
                  seed:int=0, # world seed
                  p_instruction:float=0.5, # conditional: how often the task instruction precedes the caption
+                 questions:int=1, # understanding: questions about each picture, as one conversation (`turns`)
                 ):
         if task not in INSTRUCT_TASKS: raise ValueError(f"unknown instruct task {task!r}; expected one of {INSTRUCT_TASKS}")
         if not 0 <= p_instruction <= 1: raise ValueError(f"p_instruction must be in [0, 1], got {p_instruction}")
-        self.task, self.n, self.seed, self.p = task, n, seed, p_instruction
+        if questions < 1: raise ValueError(f"questions must be at least 1, got {questions}")
+        self.task, self.n, self.seed, self.p, self.questions = task, n, seed, p_instruction, questions
         kinds = {"t2i": ["caption"], "edit": ["edit"], "understanding": ["qa"], "conditional": list(tw.CONDITION_KINDS)}[task]
         self.worlds = [tw.ShapesWorld(split, n, kind, seed) for kind in kinds]
 
@@ -60,7 +62,16 @@ class InstructData(torch.utils.data.Dataset):
                        prompt=f"{x['instruction']} {x['caption']}" if use else x["caption"])
         elif self.task == "understanding":
             out.update(question=x["question"], answer=x["answer"], kind=x["kind"])
+            if self.questions > 1: out["turns"] = [(x["question"], x["answer"])] + self.more_questions(x["scene"], k)
         return out
+
+    def more_questions(self, scene:dict, k:int) -> list[tuple[str, str]]:
+        "Understanding: `questions - 1` further (question, answer) turns about example k's picture, kinds in a random order."
+        s, rng = tw.Scene.from_dict(scene), np.random.default_rng([self.seed, k, 13])
+        kinds = [q for q in tw.QA_KINDS if s.objects or q in ("background", "count", "exists")]
+        order = rng.permutation(len(kinds))
+        qas = [tw.sample_qa(s, rng, kinds[order[j % len(kinds)]]) for j in range(self.questions - 1)]
+        return [(q.question, q.answer) for q in qas]
 
 # %% ../nbs/08_instruct.ipynb #e5258bd7
 def instruct_segments(item:dict, # an `InstructData` example
@@ -73,10 +84,21 @@ def instruct_segments(item:dict, # an `InstructData` example
     if t == "t2i": segs = [Text(item["caption"])]
     elif t == "edit": segs = [Image(f["source"]), Text(item["instruction"])]
     elif t == "conditional": segs = [Image(f["condition"]), Text(item["prompt"])]
-    else: segs = [Text(f"{SYSTEM_MESSAGE} {CHAT[0]}"), Image(select_scales(f["image"], input_scales), scales=tuple(input_scales)),
-                  Text(f"{item['question']} {CHAT[1]}")]
-    if with_target:
-        segs.append(Text(item["answer"], target=True) if t == "understanding" else Image(f["image"], target=True))
+    else: return chat_segments(item, f["image"], with_target, input_scales)
+    if with_target: segs.append(Image(f["image"], target=True))
+    return segs
+
+def chat_segments(item:dict, # an understanding example: `question`, `answer`, and maybe `turns`
+                  f:torch.Tensor, # `(341, C)` features of its picture
+                  with_target:bool=True,
+                  input_scales=SCALE_ORDER) -> list:
+    "Understanding (App. B.4): the system message, the picture, then each (question, answer) turn; each answer but the last ends with `</s>`."
+    if not with_target: turns = [(item["question"], None)]  # a prompt asks the first question only
+    else: turns = item.get("turns") or [(item["question"], item["answer"])]
+    segs = [Text(f"{SYSTEM_MESSAGE} {CHAT[0]}"), Image(select_scales(f, input_scales), scales=tuple(input_scales))]
+    for j, (q, a) in enumerate(turns):
+        segs.append(Text(f"{q} {CHAT[1]}" if j == 0 else f"{CHAT[0]} {q} {CHAT[1]}"))
+        if with_target: segs.append(Text(a, target=True, eos=j < len(turns) - 1))
     return segs
 
 @torch.no_grad()
@@ -113,6 +135,7 @@ class InstructDataConfig:
     seed: int = 0
     p_instruction: float = 0.5         # conditional: how often the task instruction precedes the caption
     input_scales: tuple[int, ...] = SCALE_ORDER  # understanding: the scales of the picture the model reads (Table 5)
+    questions: int = 1                 # understanding on ShapesWorld: questions about each training picture, as one conversation
     shards: str = ""                   # real data for t2i: image-text pairs as webdataset shards (img2dataset layout); "" = ShapesWorld
     shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
     max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
@@ -123,6 +146,9 @@ class InstructDataConfig:
         if not self.input_scales or not set(self.input_scales) <= set(SCALE_ORDER) or len(set(self.input_scales)) != len(self.input_scales):
             raise ConfigError(f"input_scales must be distinct scales among 0 … 4, got {list(self.input_scales)}")
         if self.shards and self.manifest: raise ConfigError("give data.shards (t2i) or data.manifest (edit, conditional, understanding), not both")
+        if self.questions < 1: raise ConfigError(f"data.questions must be at least 1, got {self.questions}")
+        if self.questions > 1 and (self.manifest or self.shards):
+            raise ConfigError("data.questions asks ShapesWorld questions; a manifest's conversations bring their own turns (leave it at 1)")
 
 @dataclass
 class InstructRunConfig:
@@ -138,6 +164,8 @@ class InstructRunConfig:
     def validate(self):
         if self.task != "understanding" and set(self.data.input_scales) != set(SCALE_ORDER):
             raise ConfigError(f"data.input_scales applies to the understanding task only (task is {self.task!r})")
+        if self.task != "understanding" and self.data.questions != 1:
+            raise ConfigError(f"data.questions applies to the understanding task only (task is {self.task!r})")
         if self.data.shards and self.task != "t2i": raise ConfigError(f"data.shards feeds the t2i task; give the {self.task} task a data.manifest")
         if self.data.manifest and self.task == "t2i": raise ConfigError("the t2i task reads image-text pairs: give data.shards, not data.manifest")
 
@@ -160,7 +188,7 @@ def instruct_data(cfg:InstructRunConfig):
     if d.manifest:
         from puma_nb.data import read_manifest
         return read_manifest(d.manifest, MANIFEST_KIND[cfg.task], d.image_size, seed=d.seed, p_instruction=d.p_instruction)
-    return InstructData(cfg.task, d.n_train, "train", d.seed, d.p_instruction)
+    return InstructData(cfg.task, d.n_train, "train", d.seed, d.p_instruction, d.questions)
 
 def train_instruct(cfg:InstructRunConfig) -> FitResult:
     "Fine-tune the pretraining checkpoint on one task; save the model folder to `<out_dir>/model`."

@@ -105,6 +105,7 @@ class Text:
     "A text segment."
     text: str
     target: bool = False   # trained to produce it (cross-entropy on its tokens)
+    eos: bool = False      # end it with `</s>`, as a chat turn ends (a target when the text is)
 
 @dataclass
 class Image:
@@ -129,6 +130,7 @@ def build_sequence(tok, segments:list[Text|Image], eos_target:bool|None=None) ->
     for seg in segments:
         if isinstance(seg, Text):
             t = tok(seg.text, add_special_tokens=False)["input_ids"]
+            if seg.eos: t = t + [tok.eos_token_id]
             ids += t; tgt += [seg.target] * len(t)
         else:
             scales = [i for i in SCALE_ORDER if i in seg.scales]

@@ -168,8 +168,8 @@ def _manifest(path, lines):
 
 
 def test_manifests_map_into_instruct_items(tmp_path):
-    from puma_nb.instruct import IMAGE_KEYS, InstructData, instruct_collate
-    from puma_nb.mllm import CHAT, tiny_tokenizer
+    from puma_nb.instruct import IMAGE_KEYS, InstructData, instruct_collate, instruct_segments
+    from puma_nb.mllm import CHAT, build_sequence, tiny_tokenizer
     from puma_nb.pyramid import tiny_clip, tiny_encoder
     assert FEATURE_KEYS == IMAGE_KEYS
     e, c = InstructData("edit", 2)[0], InstructData("conditional", 3)[1]
@@ -190,9 +190,14 @@ def test_manifests_map_into_instruct_items(tmp_path):
                                                 {"from": "gpt", "value": "gray"}, {"from": "human", "value": "how many objects are there?"},
                                                 {"from": "gpt", "value": "two"}]},
         {"conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}]}]), "llava")
-    assert len(llava) == 2 and llava.skip_reasons == {"no picture (text only)": 1}
-    assert llava[0]["question"] == "what color is the background?" and llava[1]["answer"] == "two"
-    assert llava[1]["question"] == f"what color is the background? {CHAT[1]} gray {CHAT[0]} how many objects are there?"
+    assert len(llava) == 1 and llava.skip_reasons == {"no picture (text only)": 1}  # one example per conversation
+    assert llava[0]["question"] == "what color is the background?" and llava[0]["answer"] == "gray"
+    assert llava[0]["turns"] == [("what color is the background?", "gray"), ("how many objects are there?", "two")]
+    tok = tiny_tokenizer()
+    seq = build_sequence(tok, instruct_segments(llava[0], {"image": torch.zeros(341, 64)}))
+    assert tok.decode(seq["input_ids"][seq["text_target"]]) == "gray </s> two </s>"  # the loss on both answers
+    said = lambda text: tok.decode(tok(text, add_special_tokens=False)["input_ids"])
+    assert said(f"gray </s> {CHAT[0]} how many objects are there? {CHAT[1]} two") in tok.decode(seq["input_ids"])
     assert set(InstructData("understanding", 1)[0]) <= set(llava[0]) and llava[0]["image"].shape == (3, 64, 64)
     # the stage's own collate takes them
     enc, tok = tiny_encoder(tiny_clip()), tiny_tokenizer()

@@ -107,7 +107,7 @@ def test_instruct_stage_from_its_config_file(tmp_path):
     assert cfg.task == "t2i" and cfg.train.precision == "bf16"
     args = ["--config", str(ROOT / "configs" / "instruct_tiny.yaml"), "task=understanding", f"init={tmp_path / 'pre'}",
             f"data.encoder={tmp_path / 'clip'}", "data.n_train=100", "train.steps=4", "train.warmup_steps=1", "train.batch_size=4",
-            "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}"]
+            "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}", "data.questions=3"]
     r = subprocess.run([sys.executable, "-m", "puma_nb.train", *args], capture_output=True, text=True,
                        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -142,3 +142,29 @@ def test_understanding_can_read_fewer_scales():
     with pytest.raises(ConfigError, match="understanding task only"):
         load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=t2i", "data.input_scales=[0]"])
     assert load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=understanding", "data.input_scales=[2]"]).data.input_scales == (2,)
+
+
+def test_understanding_conversations_ask_several_questions_per_picture():
+    tok, f = tiny_tokenizer(), {"image": torch.randn(341, 8)}
+    one, many = InstructData("understanding", 30), InstructData("understanding", 30, questions=8)
+    for k in range(30):
+        it = many[k]
+        assert {k_: v for k_, v in it.items() if k_ != "turns"}.keys() == one[k].keys() and it["question"] == one[k]["question"]
+        assert len(it["turns"]) == 8 and it["turns"][0] == (it["question"], it["answer"])
+        assert len({q for q, _ in it["turns"][1:]}) >= 4  # the extra questions are of different kinds
+        for q, a in it["turns"]:  # every answer is right for the picture
+            if q == "what color is the background?": assert a == it["scene"]["background"]
+            if q == "how many objects are there?": assert a == tw.NUMBERS[len(it["scene"]["objects"])]
+    seq = build_sequence(tok, instruct_segments(many[3], f))
+    assert tok.decode(seq["input_ids"][seq["text_target"]]) == " ".join(f"{a} </s>" for _, a in many[3]["turns"])
+    assert (seq["input_ids"] == tok.convert_tokens_to_ids("<feat>")).sum() == 341  # the picture once, not once per question
+    # a prompt (evaluation) asks the first question only, as for a one-question example
+    assert torch.equal(build_sequence(tok, instruct_segments(many[3], f, with_target=False))["input_ids"],
+                       build_sequence(tok, instruct_segments(one[3], f, with_target=False))["input_ids"])
+    with pytest.raises(ValueError, match="questions must be at least 1"): InstructData("understanding", 3, questions=0)
+    cfg = ROOT / "configs" / "instruct_tiny.yaml"
+    assert load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=8"]).data.questions == 8
+    with pytest.raises(ConfigError, match="understanding task only"): load_config(InstructRunConfig, cfg, ["task=t2i", "data.questions=2"])
+    with pytest.raises(ConfigError, match="at least 1"): load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=0"])
+    with pytest.raises(ConfigError, match="bring their own turns"):
+        load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=2", "data.manifest=x.jsonl"])
