@@ -168,3 +168,27 @@ def test_understanding_conversations_ask_several_questions_per_picture():
     with pytest.raises(ConfigError, match="at least 1"): load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=0"])
     with pytest.raises(ConfigError, match="bring their own turns"):
         load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=2", "data.manifest=x.jsonl"])
+
+
+def test_understanding_ablation_and_place_probe_scripts(tmp_path):
+    "benchmarks/understanding_ablation.py and feature_place_probe.py (the figures of 08_instruct) on a stand-in run folder."
+    import json, os
+    run = tmp_path / "run"
+    _init(run)
+    (run / "clip").rename(run / "clip_model"); (run / "clip").mkdir(); (run / "clip_model").rename(run / "clip" / "model")
+    (run / "pretrain").mkdir(); (run / "pre").rename(run / "pretrain" / "model")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "understanding_ablation.py"), "--run", str(run), "--out", str(tmp_path / "und"),
+           "--questions", "3", "--steps", "2", "--scales", "1", "--eval", "6"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["questions"], out["steps"], out["scales"], out["lr"]) == (3, 2, [1], 5e-4)
+    assert out["train_seconds"] > 0 and 0 <= out["accuracy"] <= 1 and set(out["per_kind"]) <= set(tw.QA_KINDS)
+    assert json.loads((tmp_path / "und" / "config.json").read_text())["data"]["questions"] == 3  # the run used the conversations
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "feature_place_probe.py"), "--clip", str(run / "clip" / "model"),
+                        "--train", "40", "--test", "10"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probe = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
+    assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))

@@ -1,0 +1,48 @@
+"""Understanding recipes from a main-job run's pretrained MLLM: questions per picture (`data.questions`), steps, input
+scales and learning rate, each scored on the same held-out ShapesWorld questions. The table in 08_instruct
+("Several questions about one picture") comes from this script.
+
+    python benchmarks/understanding_ablation.py --run runs/toy --questions 8 --steps 1500 --scales 1 --out runs/ablation/q8_f1
+    python benchmarks/understanding_ablation.py --run runs/toy --questions 1 --steps 2625 --scales 1 --out runs/ablation/q1_f1_long
+
+Needs a finished `puma-nb toy` run folder (`pretrain/model` and `clip/model`). Trains with the tiny instruct recipe
+(`cli.instruct_recipe`) unless told otherwise, resumes an unfinished run, reuses a finished one, and prints JSON:
+training seconds and minutes (from the logged throughput), the last answer CE, and the answer accuracy overall and per kind."""
+import argparse, json
+from dataclasses import replace
+from pathlib import Path
+
+
+from puma_nb.cli import instruct_recipe
+from puma_nb.instruct import InstructData, answer, train_instruct, understanding_scores
+from puma_nb.mllm import load_mllm
+from puma_nb.pyramid import load_encoder
+from puma_nb.training import read_metrics
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--run", default="runs/toy", help="a main-job run folder: its pretrain/model and clip/model are used")
+ap.add_argument("--out", required=True, help="where this model trains (resumed when it exists)")
+ap.add_argument("--questions", type=int, default=1, help="questions per training picture, as one conversation")
+ap.add_argument("--steps", type=int, default=300)
+ap.add_argument("--scales", default="43210", help="the input scales, coarse to fine, e.g. 43210 (all) or 1 (f1 only)")
+ap.add_argument("--lr", type=float, default=None, help="default: the tiny recipe's")
+ap.add_argument("--eval", type=int, default=500, help="held-out questions to answer")
+args = ap.parse_args()
+
+run, scales = Path(args.run), tuple(int(c) for c in args.scales)
+enc_dir = run / "clip" / "model"
+cfg = instruct_recipe("understanding", run / "pretrain" / "model", enc_dir)
+cfg.train = replace(cfg.train, steps=args.steps, warmup_steps=max(1, args.steps // 20), out_dir=args.out,
+                    lr=cfg.train.lr if args.lr is None else args.lr)
+cfg.data.n_train, cfg.data.input_scales, cfg.data.questions = 20_000, scales, args.questions
+if not (Path(args.out) / "model" / "model.safetensors").exists(): train_instruct(cfg)
+
+rows = read_metrics(args.out)
+steps_done = [0] + [r["step"] for r in rows]  # each row's throughput covers the steps since the previous row
+seconds = sum((b - a) * cfg.train.batch_size / r["samples_per_s"] for a, b, r in zip(steps_done, steps_done[1:], rows))
+model, tok, _ = load_mllm(Path(args.out) / "model")
+qa = [InstructData("understanding", args.eval, "test", 0)[k] for k in range(args.eval)]
+scores = understanding_scores(qa, answer(model, tok, load_encoder(str(enc_dir)), qa, input_scales=scales))
+print(json.dumps({"questions": args.questions, "steps": args.steps, "scales": list(scales), "lr": cfg.train.lr,
+                  "train_seconds": round(seconds, 1), "train_minutes": round(seconds / 60, 1), "last_ce": round(rows[-1]["ce"], 3), "accuracy": scores["accuracy"],
+                  "per_kind": {k: round(v, 3) for k, v in scores["per_kind"].items()}}))
