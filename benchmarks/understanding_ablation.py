@@ -12,7 +12,6 @@ import argparse, json
 from dataclasses import replace
 from pathlib import Path
 
-
 from puma_nb.cli import instruct_recipe
 from puma_nb.instruct import InstructData, answer, train_instruct, understanding_scores
 from puma_nb.mllm import load_mllm
@@ -44,5 +43,6 @@ model, tok, _ = load_mllm(Path(args.out) / "model")
 qa = [InstructData("understanding", args.eval, "test", 0)[k] for k in range(args.eval)]
 scores = understanding_scores(qa, answer(model, tok, load_encoder(str(enc_dir)), qa, input_scales=scales))
 print(json.dumps({"questions": args.questions, "steps": args.steps, "scales": list(scales), "lr": cfg.train.lr,
-                  "train_seconds": round(seconds, 1), "train_minutes": round(seconds / 60, 1), "last_ce": round(rows[-1]["ce"], 3), "accuracy": scores["accuracy"],
+                  "train_seconds": round(seconds, 1), "train_minutes": round(seconds / 60, 1), "last_ce": round(rows[-1]["ce"], 3),
+                  "accuracy": scores["accuracy"],
                   "per_kind": {k: round(v, 3) for k, v in scores["per_kind"].items()}}))
