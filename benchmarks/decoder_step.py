@@ -4,6 +4,7 @@ plain epsilon-MSE). Steps alternate between the two, so that both see the same m
 
     python benchmarks/decoder_step.py                 # the tiny D_0 on CPU
     python benchmarks/decoder_step.py --batch 32 --steps 30
+    python benchmarks/decoder_step.py --head-dim 2      # heads of 2 channels, as the tiny decoders had before head_dim
 """
 import argparse, json, platform
 
@@ -20,9 +21,10 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--head-dim", type=int, default=DecoderConfig.head_dim, help="channels per attention head (2: before the fix)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = DecoderConfig()
+    cfg = DecoderConfig(head_dim=args.head_dim)
     ours = build_decoder(args.scale, cfg)
     plain = build_decoder(args.scale, cfg).unet  # an identical UNet, without PUMA's conditioning path
     sch = make_scheduler("ddpm")
@@ -46,7 +48,7 @@ def main():
     med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({
         "benchmark": "decoder training step vs plain diffusers UNet step", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale,
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale, "head_dim": args.head_dim,
         "batch": args.batch, "steps": args.steps, "unet_params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 3),
         "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
         "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))

@@ -92,6 +92,7 @@ class DecoderConfig:
     block_out_channels: tuple[int, ...] = (32, 64)
     attention_levels: tuple[bool, ...] = (False, True)  # cross-attention at each resolution level
     layers_per_block: int = 1
+    head_dim: int = 32                    # tiny: channels per attention head (SDXL's are 64)
     cross_attention_dim: int = 64         # 2048 for SDXL
     patch: int = 4                        # tiny: pixel_unshuffle factor
     image_size: int = 64
@@ -105,6 +106,8 @@ class DecoderConfig:
         if len(self.block_out_channels) != len(self.attention_levels):
             raise ConfigError(f"attention_levels has {len(self.attention_levels)} entries for {len(self.block_out_channels)} levels")
         if not any(self.attention_levels): raise ConfigError("a decoder needs cross-attention at one level at least: the features enter there")
+        if self.kind == "tiny" and any(c % self.head_dim for c in self.block_out_channels):
+            raise ConfigError(f"head_dim {self.head_dim} must divide every entry of block_out_channels {tuple(self.block_out_channels)}")
         if self.kind == "sdxl" and self.spatial_dim:
             raise ConfigError("spatial_dim must be 0 for kind 'sdxl': PUMA's SDXL decoders read f_i through cross-attention only")
 
@@ -127,7 +130,9 @@ def tiny_unet(cfg:DecoderConfig) -> UNet2DConditionModel:
         block_out_channels=tuple(cfg.block_out_channels), cross_attention_dim=cfg.cross_attention_dim,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels)),
-        attention_head_dim=32, norm_num_groups=16)
+        # diffusers' UNet2DConditionModel reads `attention_head_dim` as the number of heads (a naming quirk it keeps
+        # for old checkpoints: SDXL's (5, 10, 20) are heads of 64 channels), so heads = channels // head_dim per level
+        attention_head_dim=tuple(c // cfg.head_dim for c in cfg.block_out_channels), norm_num_groups=16)
 
 def build_decoder(scale:int, # i: the decoder D_i conditions on f_i
                   cfg:DecoderConfig=DecoderConfig()) -> Decoder:

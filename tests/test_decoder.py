@@ -194,3 +194,24 @@ def test_a_coarse_decoder_starts_from_a_finer_one():
     assert all(torch.equal(s3[k], s0[k]) for k in s3 if k in s0 and s0[k].shape == s3[k].shape)
     with pytest.raises(ConfigError, match="another shape"):
         init_from(build_decoder(3, DecoderConfig(block_out_channels=(16, 32))), d0)
+
+
+def _head_widths(d):
+    return {m.inner_dim // m.heads for n, m in d.unet.named_modules() if n.endswith(("attn1", "attn2"))}
+
+
+def test_tiny_heads_are_head_dim_wide_and_old_checkpoints_keep_their_heads(tmp_path):
+    # diffusers reads `attention_head_dim` as a head count: DecoderConfig.head_dim turns it into channels per head
+    assert _head_widths(build_decoder(0)) == {32}
+    assert _head_widths(build_decoder(0, DecoderConfig(block_out_channels=(64, 128), head_dim=64))) == {64}
+    from puma_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="head_dim 48 must divide"):
+        DecoderConfig(head_dim=48).validate()
+    # a decoder saved before head_dim existed (32 heads of 2 channels) loads with the heads it was trained with
+    old = build_decoder(0)
+    old.unet = type(old.unet).from_config({**old.unet.config, "attention_head_dim": 32})
+    save_puma_decoder(old, tmp_path / "unet_256")
+    new = load_puma_decoder(tmp_path / "unet_256")
+    assert _head_widths(new) == {2}
+    z, t, f = torch.randn(2, 48, 16, 16), torch.tensor([5, 700]), torch.randn(2, 256, 64)
+    assert torch.equal(old(z, t, f), new(z, t, f))

@@ -171,7 +171,7 @@ def test_understanding_conversations_ask_several_questions_per_picture():
 
 
 def test_understanding_ablation_and_place_probe_scripts(tmp_path):
-    "benchmarks/understanding_ablation.py and feature_place_probe.py (the figures of 08_instruct) on a stand-in run folder."
+    "benchmarks/understanding_ablation.py, feature_place_probe.py and object_shape_probe.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
     import json, os
     run = tmp_path / "run"
     _init(run)
@@ -192,3 +192,9 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     probe = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
     assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "object_shape_probe.py"), "--clip", str(run / "clip" / "model"),
+                        "--train", "40", "--test", "10"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shapes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert shapes["tokens_per_object"] == 36 and shapes["objects"] >= 10 and shapes["chance"] == round(1 / 3, 4)
+    assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
