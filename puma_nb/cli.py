@@ -40,7 +40,7 @@ class Preset:
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
     clip_steps: int = 400  # tiny CLIP training steps
-    decoder_steps: int = 5750  # D_0 … D_4 together, split 40:30:20:15:10 (D_0: 2300)
+    decoder_steps: int = 5750  # D_0 … D_4 together, split 40:30:20:15:10 (D_0: 2000, D_4: 500)
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)

@@ -106,8 +106,9 @@ class DecoderConfig:
         if len(self.block_out_channels) != len(self.attention_levels):
             raise ConfigError(f"attention_levels has {len(self.attention_levels)} entries for {len(self.block_out_channels)} levels")
         if not any(self.attention_levels): raise ConfigError("a decoder needs cross-attention at one level at least: the features enter there")
-        if self.kind == "tiny" and any(c % self.head_dim for c in self.block_out_channels):
-            raise ConfigError(f"head_dim {self.head_dim} must divide every entry of block_out_channels {tuple(self.block_out_channels)}")
+        if self.kind == "tiny" and any(a and c % self.head_dim for c, a in zip(self.block_out_channels, self.attention_levels)):
+            raise ConfigError(f"head_dim {self.head_dim} must divide the channels of every level with attention: "
+                              f"block_out_channels {tuple(self.block_out_channels)}, attention_levels {tuple(self.attention_levels)}")
         if self.kind == "sdxl" and self.spatial_dim:
             raise ConfigError("spatial_dim must be 0 for kind 'sdxl': PUMA's SDXL decoders read f_i through cross-attention only")
 
@@ -132,7 +133,7 @@ def tiny_unet(cfg:DecoderConfig) -> UNet2DConditionModel:
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels)),
         # diffusers' UNet2DConditionModel reads `attention_head_dim` as the number of heads (a naming quirk it keeps
         # for old checkpoints: SDXL's (5, 10, 20) are heads of 64 channels), so heads = channels // head_dim per level
-        attention_head_dim=tuple(c // cfg.head_dim for c in cfg.block_out_channels), norm_num_groups=16)
+        attention_head_dim=tuple(max(1, c // cfg.head_dim) for c in cfg.block_out_channels), norm_num_groups=16)
 
 def build_decoder(scale:int, # i: the decoder D_i conditions on f_i
                   cfg:DecoderConfig=DecoderConfig()) -> Decoder:
