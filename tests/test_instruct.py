@@ -171,7 +171,7 @@ def test_understanding_conversations_ask_several_questions_per_picture():
 
 
 def test_understanding_ablation_and_place_probe_scripts(tmp_path):
-    "benchmarks/understanding_ablation.py, feature_place_probe.py and object_shape_probe.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
+    "benchmarks/understanding_ablation.py, feature_place_probe.py, object_shape_probe.py and decoder_score.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
     import json, os
     run = tmp_path / "run"
     _init(run)
@@ -198,3 +198,10 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     shapes = json.loads(r.stdout.strip().splitlines()[-1])
     assert shapes["tokens_per_object"] == 36 and shapes["objects"] >= 10 and shapes["chance"] == round(1 / 3, 4)
     assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
+    from puma_nb.decoder import build_decoder, save_puma_decoder
+    save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decoder_score.py"), "--decoders", str(tmp_path / "dec"), "--scale", "1",
+                        "--clip", str(run / "clip" / "model"), "--n", "4", "--steps", "2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    score = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (score["scale"], score["n"]) == (1, 4) and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))

@@ -1,0 +1,35 @@
+"""Score one trained decoder D_i on held-out pictures: D_i(f_i(x)) decoded with DDIM, then read back by the exact
+ShapesWorld parser. Cited in 04_decoder for the D_0 variants (architecture and steps).
+
+    python benchmarks/decoder_score.py --decoders runs/toy/decoders [--scale 0] [--clip runs/toy/clip/model] [--n 200]
+
+`--decoders` is a folder holding `unet_<n>` (the main job's `decoders/`, or a decoder run's out_dir).
+Prints JSON: PSNR_r and the survival rates (colour, shape, position, background, whole scene)."""
+import argparse, json, time
+
+import torch
+
+from puma_nb import toyworld as tw
+from puma_nb.decoder import load_puma_decoder
+from puma_nb.pyramid import SCALES, load_encoder
+from puma_nb.reconstruction import psnr, reconstruct, survival_rates
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--decoders", required=True, help="a folder with unet_1 … unet_256 (or just the one of --scale)")
+ap.add_argument("--scale", type=int, default=0)
+ap.add_argument("--clip", default="runs/toy/clip/model", help="the tiny CLIP the decoder was trained on")
+ap.add_argument("--n", type=int, default=200, help="held-out test scenes (the first n)")
+ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--guidance", type=float, default=1.0)
+ap.add_argument("--seed", type=int, default=0)
+args = ap.parse_args()
+enc = load_encoder(args.clip)
+D = load_puma_decoder(f"{args.decoders}/unet_{SCALES[args.scale]}").eval()
+ds = tw.ShapesWorld("test", args.n, "caption", 0)
+scenes = [ds.scene(i) for i in range(args.n)]
+x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes])
+t = time.time()
+y = reconstruct(D, enc, x, args.scale, seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler="ddim")
+print(json.dumps({"decoders": args.decoders, "scale": args.scale, "n": args.n, "steps": args.steps, "guidance": args.guidance,
+                  "psnr_r": round(float(psnr(x, y).mean()), 2), **{k: round(v, 4) for k, v in survival_rates(scenes, y).items()},
+                  "decode_seconds": round(time.time() - t, 1)}))
