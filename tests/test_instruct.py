@@ -178,30 +178,25 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     (run / "clip").rename(run / "clip_model"); (run / "clip").mkdir(); (run / "clip_model").rename(run / "clip" / "model")
     (run / "pretrain").mkdir(); (run / "pre").rename(run / "pretrain" / "model")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "understanding_ablation.py"), "--run", str(run), "--out", str(tmp_path / "und"),
-           "--questions", "3", "--steps", "2", "--scales", "1", "--eval", "6"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+
+    def bench(script, *args) -> dict:
+        "Run benchmarks/<script> and read the JSON of its last line."
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True, text=True,
+                           env=env, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    out = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "und", "--questions", 3, "--steps", 2, "--scales", 1, "--eval", 6)
     assert (out["questions"], out["steps"], out["scales"], out["lr"]) == (3, 2, [1], 5e-4)
     assert out["train_seconds"] > 0 and 0 <= out["accuracy"] <= 1 and set(out["per_kind"]) <= set(tw.QA_KINDS)
     assert json.loads((tmp_path / "und" / "config.json").read_text())["data"]["questions"] == 3  # the run used the conversations
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "feature_place_probe.py"), "--clip", str(run / "clip" / "model"),
-                        "--train", "40", "--test", "10"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    probe = json.loads(r.stdout.strip().splitlines()[-1])
+    probe = bench("feature_place_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
     assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
     assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "object_shape_probe.py"), "--clip", str(run / "clip" / "model"),
-                        "--train", "40", "--test", "10"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    shapes = json.loads(r.stdout.strip().splitlines()[-1])
+    shapes = bench("object_shape_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
     assert shapes["tokens_per_object"] == 36 and shapes["objects"] >= 10 and shapes["chance"] == round(1 / 3, 4)
     assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
-    from puma_nb.decoder import build_decoder, save_puma_decoder
+    from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decoder_score.py"), "--decoders", str(tmp_path / "dec"), "--scale", "1",
-                        "--clip", str(run / "clip" / "model"), "--n", "4", "--steps", "2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    score = json.loads(r.stdout.strip().splitlines()[-1])
+    score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2)
     assert (score["scale"], score["n"]) == (1, 4) and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))
