@@ -570,9 +570,10 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     del batches, loader  # shut the DataLoader's workers down now, not at a later garbage collection (5 s each)
     if step < cfg.steps and status == "done": status = "stopped"
     if step > start: save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last, **stream_state(step)}, d, cfg.keep_ckpts)
+    # the gather is a collective: every rank enters it together, before rank 0 alone draws the plot
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if fsdp else None
     if d.main and read_metrics(out): save_loss_plot(out)
     if d.main and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if fsdp else None
     return FitResult(step, status, out, last, full)
 
 # %% ../nbs/02_training.ipynb #425ee413
