@@ -2,6 +2,7 @@
 ShapesWorld parser. Cited in 04_decoder for the D_0 variants (architecture and steps).
 
     python benchmarks/decoder_score.py --decoders runs/toy/decoders [--scale 0] [--clip runs/toy/clip/model] [--n 200]
+        [--steps 20] [--guidance 1] [--scheduler ddim]
 
 `--decoders` is a folder holding `unet_<n>` (the main job's `decoders/`, or a decoder run's out_dir).
 Prints JSON: PSNR_r and the survival rates (colour, shape, position, background, whole scene)."""
@@ -21,6 +22,7 @@ ap.add_argument("--clip", default="runs/toy/clip/model", help="the tiny CLIP the
 ap.add_argument("--n", type=int, default=200, help="held-out test scenes (the first n)")
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--guidance", type=float, default=1.0)
+ap.add_argument("--scheduler", default="ddim", help="ddim, ddpm, … (the names `sample` accepts)")
 ap.add_argument("--seed", type=int, default=0)
 args = ap.parse_args()
 enc = load_encoder(args.clip)
@@ -29,7 +31,7 @@ ds = tw.ShapesWorld("test", args.n, "caption", 0)
 scenes = [ds.scene(i) for i in range(args.n)]
 x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes])
 t = time.time()
-y = reconstruct(D, enc, x, args.scale, seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler="ddim")
-print(json.dumps({"decoders": args.decoders, "scale": args.scale, "n": args.n, "steps": args.steps, "guidance": args.guidance,
+y = reconstruct(D, enc, x, args.scale, seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+print(json.dumps({"decoders": args.decoders, "scale": args.scale, "n": args.n, "steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
                   "psnr_r": round(float(psnr(x, y).mean()), 2), **{k: round(v, 4) for k, v in survival_rates(scenes, y).items()},
                   "decode_seconds": round(time.time() - t, 1)}))

@@ -198,5 +198,5 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
     from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
-    score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2)
-    assert (score["scale"], score["n"]) == (1, 4) and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))
+    score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")
+    assert (score["scale"], score["n"], score["scheduler"]) == (1, 4, "ddpm") and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))
