@@ -1,4 +1,4 @@
-"""Score one trained decoder D_i on held-out pictures: D_i(f_i(x)) decoded with DDIM, then read back by the exact
+"""Score one trained decoder D_i on held-out pictures: D_i(f_i(x)) decoded (DDIM 20 by default), then read back by the exact
 ShapesWorld parser. Cited in 04_decoder for the D_0 variants (architecture and steps).
 
     python benchmarks/decoder_score.py --decoders runs/toy/decoders [--scale 0] [--clip runs/toy/clip/model] [--n 200]
