@@ -31,7 +31,7 @@ def main():
     n, C, D = ours.n_tokens, cfg.feature_dim, cfg.cross_attention_dim
     z0, f, f_null = torch.randn(args.batch, 48, 16, 16), torch.randn(args.batch, n, C), torch.randn(1, n, C)
     h = torch.randn(args.batch, n, D)
-    k = ours.spatial.out_features if ours.spatial is not None else 0
+    k = ours.spatial_dim
     extra = torch.randn(args.batch, k, 16, 16)  # the plain UNet gets inputs of the same width (the tiny decoders' f_i map)
     opt_a, opt_b = torch.optim.AdamW(ours.parameters(), 8e-5), torch.optim.AdamW(plain.parameters(), 8e-5)
 

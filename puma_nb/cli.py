@@ -131,7 +131,8 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
     return DecoderRunConfig(
         train=TrainConfig(steps=1000, batch_size=16, lr=3e-3, schedule="linear", warmup_steps=30, grad_clip=1.0,
                           log_every=25, ckpt_every=250, out_dir="runs/decoders/f0"),
-        model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64),
+        model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64, spatial_hidden=256,
+                            spatial_skip=True),
         diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True),
         data=DecoderDataConfig(encoder=str(encoder)))
 

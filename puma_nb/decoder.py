@@ -55,6 +55,8 @@ class Decoder(nn.Module):
                  n_tokens:int, # tokens in f_i (256 for f0)
                  use_pos:bool|None=None, # learned positional embedding; default: only for f0
                  spatial_dim:int=0, # tiny decoders: width of f_i laid on the latent grid as extra input channels (0: PUMA's)
+                 spatial_hidden:int=0, # tiny decoders: hidden width of the per-token MLP that reads f_i onto the grid (0: one linear map)
+                 spatial_skip:bool=False, # tiny decoders: add a 1×1 map of that grid to the UNet's output (the reader's own guess)
                  scheduler_config:dict|None=None, # the noise schedule it was trained with (None: SDXL's, epsilon)
                 ):
         super().__init__()
@@ -64,7 +66,13 @@ class Decoder(nn.Module):
         self.embed_img_pos = None
         if (n_tokens == SCALES[0]) if use_pos is None else use_pos:
             self.embed_img_pos = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, n_tokens, D), std=0.02))
-        self.spatial = nn.Linear(feature_dim, spatial_dim) if spatial_dim else None
+        self.spatial_dim, self.spatial_hidden = spatial_dim, spatial_hidden if spatial_dim else 0
+        self.spatial = None
+        if spatial_dim and spatial_hidden:
+            self.spatial = nn.Sequential(nn.Linear(feature_dim, spatial_hidden), nn.SiLU(), nn.Linear(spatial_hidden, spatial_dim))
+        elif spatial_dim: self.spatial = nn.Linear(feature_dim, spatial_dim)
+        self.spatial_out = nn.Conv2d(spatial_dim, unet.config.out_channels, 1) if spatial_dim and spatial_skip else None
+        if self.spatial_out is not None: nn.init.zeros_(self.spatial_out.weight); nn.init.zeros_(self.spatial_out.bias)  # starts as the UNet alone
 
     def condition(self, f:torch.Tensor, pos_weight:torch.Tensor|None=None) -> torch.Tensor:
         "The cross-attention input `h`; `pos_weight` (B,) scales the positional embedding (0 on the null branch)."
@@ -74,14 +82,16 @@ class Decoder(nn.Module):
         return h
 
     def spatial_map(self, f:torch.Tensor, size:tuple[int, int]) -> torch.Tensor:
-        "The tiny decoders' extra input: f_i's √n×√n grid (row-major), projected and copied onto the latent cells it covers."
+        "The tiny decoders' extra input: f_i's √n×√n grid (row-major), read token by token and copied onto the latent cells it covers."
         g, s = self.spatial(f), math.isqrt(f.shape[1])
         return F.interpolate(g.transpose(1, 2).reshape(len(f), -1, s, s), size=tuple(size), mode="nearest")
 
     def forward(self, z_t:torch.Tensor, t:torch.Tensor, f:torch.Tensor, pos_weight:torch.Tensor|None=None) -> torch.Tensor:
         "The UNet's prediction (noise, velocity or clean latent) for `z_t` at timesteps `t`, conditioned on `f` `(B, n_tokens, C)`."
-        if self.spatial is not None: z_t = torch.cat([z_t, self.spatial_map(f, z_t.shape[-2:])], 1)
-        return self.unet(z_t, t, encoder_hidden_states=self.condition(f, pos_weight)).sample
+        if self.spatial is None: return self.unet(z_t, t, encoder_hidden_states=self.condition(f, pos_weight)).sample
+        m = self.spatial_map(f, z_t.shape[-2:])
+        out = self.unet(torch.cat([z_t, m], 1), t, encoder_hidden_states=self.condition(f, pos_weight)).sample
+        return out if self.spatial_out is None else out + self.spatial_out(m)
 
 # %% ../nbs/04_decoder.ipynb #cbeb7963
 @dataclass
@@ -97,6 +107,8 @@ class DecoderConfig:
     patch: int = 4                        # tiny: pixel_unshuffle factor
     image_size: int = 64
     spatial_dim: int|None = None          # f_i on the latent grid as input channels: None = 64 for tiny, 0 (PUMA's) for sdxl
+    spatial_hidden: int = 256             # tiny: hidden width of the per-token MLP that reads f_i onto the grid (0: one linear map)
+    spatial_skip: bool = True             # tiny: the reader's grid, mapped 1×1, is added to the UNet's output (ignored when spatial is 0)
     sdxl: str = "stabilityai/stable-diffusion-xl-base-1.0"  # sdxl: the diffusers folder (or hub name) of the frozen VAE and of `init: sdxl`
 
     @property
@@ -140,7 +152,8 @@ def build_decoder(scale:int, # i: the decoder D_i conditions on f_i
     "D_i with a tiny or an SDXL-shaped UNet (random weights; `load_puma_decoder` reads PUMA's)."
     cfg.validate()
     unet = tiny_unet(cfg) if cfg.kind == "tiny" else UNet2DConditionModel(**SDXL_UNET)
-    return Decoder(unet, cfg.feature_dim, SCALES[scale], spatial_dim=cfg.spatial)
+    return Decoder(unet, cfg.feature_dim, SCALES[scale], spatial_dim=cfg.spatial, spatial_hidden=cfg.spatial_hidden,
+                   spatial_skip=cfg.spatial_skip)
 
 # %% ../nbs/04_decoder.ipynb #5eba0322
 def null_features(enc, scale:int, image_size:int=64) -> torch.Tensor:
@@ -202,7 +215,7 @@ def sample(decoder:Decoder, # D_i
 
 # %% ../nbs/04_decoder.ipynb #79815525
 PUMA_KEYS = ("mapping_dim", "mapping_dim1", "num_tokens", "use_embeds")
-OUR_KEYS = ("spatial_dim", "scheduler_config")  # written by us, absent from PUMA's release (= 0)
+OUR_KEYS = ("spatial_dim", "spatial_hidden", "spatial_skip", "scheduler_config")  # written by us, absent from PUMA's release (= 0)
 
 def save_puma_decoder(decoder:Decoder, folder):
     "Write `decoder` in PUMA's released layout (`config.json` + `diffusion_pytorch_model.safetensors`)."
@@ -211,12 +224,14 @@ def save_puma_decoder(decoder:Decoder, folder):
     cfg.update(_class_name="UNet2DConditionModel", mapping_dim=decoder.mapping_layer.in_features,
                mapping_dim1=decoder.mapping_layer.out_features, num_tokens=decoder.n_tokens,
                use_embeds=decoder.embed_img_pos is not None)
-    if decoder.spatial is not None: cfg["spatial_dim"] = decoder.spatial.out_features
+    if decoder.spatial is not None: cfg.update(spatial_dim=decoder.spatial_dim, spatial_hidden=decoder.spatial_hidden,
+                                               spatial_skip=decoder.spatial_out is not None)
     if decoder.scheduler_config: cfg["scheduler_config"] = decoder.scheduler_config
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     sd = {f"mapping_layer.{k}": v for k, v in decoder.mapping_layer.state_dict().items()}
     if decoder.embed_img_pos is not None: sd["embed_img_pos"] = decoder.embed_img_pos.detach()
     if decoder.spatial is not None: sd.update({f"spatial.{k}": v for k, v in decoder.spatial.state_dict().items()})
+    if decoder.spatial_out is not None: sd.update({f"spatial_out.{k}": v for k, v in decoder.spatial_out.state_dict().items()})
     sd.update(decoder.unet.state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, folder / "diffusion_pytorch_model.safetensors")
 
@@ -235,13 +250,14 @@ def load_puma_decoder(folder, # a `unet_{n}` folder, PUMA's or ours
     unet_cfg.update(addition_embed_type=None)  # PUMA drops SDXL's added conditions
     unet = UNet2DConditionModel.from_config(unet_cfg)
     dec = Decoder(unet, cfg["mapping_dim"], cfg["num_tokens"], use_pos=cfg["use_embeds"], spatial_dim=cfg.get("spatial_dim", 0),
-                  scheduler_config=cfg.get("scheduler_config"))
+                  spatial_hidden=cfg.get("spatial_hidden", 0), spatial_skip=cfg.get("spatial_skip", False), scheduler_config=cfg.get("scheduler_config"))
     if dec.mapping_layer.out_features != cfg["mapping_dim1"]:
         raise ValueError(f"mapping_dim1 {cfg['mapping_dim1']} does not match the UNet's cross_attention_dim {unet.config.cross_attention_dim}")
     sd = load_file(weights, device=str(device))
     mine = {"mapping_layer.weight": sd.pop("mapping_layer.weight"), "mapping_layer.bias": sd.pop("mapping_layer.bias")}
     if dec.embed_img_pos is not None: mine["embed_img_pos"] = sd.pop("embed_img_pos")
-    if dec.spatial is not None: mine.update({f"spatial.{k}": sd.pop(f"spatial.{k}") for k in ("weight", "bias")})
+    if dec.spatial is not None: mine.update({f"spatial.{k}": sd.pop(f"spatial.{k}") for k in dec.spatial.state_dict()})
+    if dec.spatial_out is not None: mine.update({f"spatial_out.{k}": sd.pop(f"spatial_out.{k}") for k in ("weight", "bias")})
     dec.unet.load_state_dict(sd, strict=True)
     dec.load_state_dict({**mine, **{f"unet.{k}": v for k, v in dec.unet.state_dict().items()}}, strict=True)
     return dec.to(device)

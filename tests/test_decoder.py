@@ -143,12 +143,42 @@ def test_spatial_map_lays_each_token_on_the_cells_it_covers():
     d = build_decoder(1)  # f1: 64 tokens, an 8x8 grid, each over 2x2 latent cells
     f = torch.randn(2, 64, 64)
     m = d.spatial_map(f, (16, 16))
-    assert m.shape == (2, d.spatial.out_features, 16, 16)
+    assert m.shape == (2, d.spatial_dim, 16, 16)
     g = d.spatial(f)  # (2, 64, k)
     for r, c in [(0, 0), (3, 14), (15, 15), (9, 2)]:
         assert torch.equal(m[:, :, r, c], g[:, (r // 2) * 8 + c // 2])
     assert build_decoder(4).spatial_map(torch.randn(1, 1, 64), (16, 16)).std(dim=(2, 3)).max() == 0  # f4: one token everywhere
-    assert d.unet.config.in_channels == 48 + d.spatial.out_features
+    assert d.unet.config.in_channels == 48 + d.spatial_dim
+
+
+def test_spatial_reader_is_a_per_token_mlp_and_both_readers_round_trip(tmp_path):
+    d = build_decoder(0)  # the tiny default: Linear(C, 256), SiLU, Linear(256, 64), the same for every token
+    assert isinstance(d.spatial, torch.nn.Sequential) and d.spatial_hidden == DecoderConfig().spatial_hidden == 256
+    f = torch.randn(1, 256, 64)
+    f2 = f.clone(); f2[0, 37] += 1  # change one token: only its own cell of the map moves (no mixing across tokens)
+    diff = (d.spatial_map(f, (16, 16)) - d.spatial_map(f2, (16, 16))).abs().sum(1)[0]
+    assert diff[37 // 16, 37 % 16] > 0 and (diff > 0).sum() == 1
+    for hidden, skip in ((256, True), (0, False)):  # 0, False: the decoders trained before the MLP and its skip
+        d = build_decoder(2, DecoderConfig(spatial_hidden=hidden, spatial_skip=skip)).eval()
+        if skip: torch.nn.init.normal_(d.spatial_out.weight)  # zero at init: give it weights to round-trip
+        save_puma_decoder(d, tmp_path / f"h{hidden}" / "unet_16")
+        d1 = load_puma_decoder(tmp_path / f"h{hidden}" / "unet_16")
+        assert d1.spatial_hidden == hidden and isinstance(d1.spatial, torch.nn.Linear) == (hidden == 0)
+        assert (d1.spatial_out is not None) == skip
+        assert d.state_dict().keys() == d1.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(d.state_dict().values(), d1.state_dict().values()))
+
+
+def test_spatial_skip_adds_the_readers_guess_to_the_unet_output():
+    d = build_decoder(0).eval()
+    assert torch.equal(d.spatial_out.weight, torch.zeros_like(d.spatial_out.weight))  # starts as the UNet alone
+    z, t, f = torch.randn(2, 48, 16, 16), torch.tensor([10, 900]), torch.randn(2, 256, 64)
+    torch.nn.init.normal_(d.spatial_out.weight)
+    with torch.no_grad():
+        unet_only = d.unet(torch.cat([z, d.spatial_map(f, (16, 16))], 1), t, encoder_hidden_states=d.condition(f)).sample
+        guess = d.spatial_out(d.spatial_map(f, (16, 16)))
+        torch.testing.assert_close(d(z, t, f), unet_only + guess)
+    assert build_decoder(0, DecoderConfig(spatial_dim=0)).spatial_out is None  # no grid, no skip
 
 
 def test_sdxl_kind_refuses_the_tiny_spatial_input():
@@ -165,7 +195,7 @@ def test_saved_decoder_keeps_its_noise_schedule_and_sampling_uses_it(tmp_path):
     save_puma_decoder(d, tmp_path / "unet_4")
     d1 = load_puma_decoder(tmp_path / "unet_4").eval()
     assert d1.scheduler_config == d.scheduler_config
-    assert torch.equal(d1.spatial.weight, d.spatial.weight)
+    assert all(torch.equal(a, b) for a, b in zip(d1.spatial.state_dict().values(), d.spatial.state_dict().values()))
     f, fn = torch.randn(2, 4, 64), torch.randn(1, 4, 64)
     g = lambda: torch.Generator().manual_seed(0)
     a = sample(d1, f, fn, (48, 16, 16), steps=3, scheduler="ddim", generator=g())
