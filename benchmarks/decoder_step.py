@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--head-dim", type=int, default=DecoderConfig.head_dim, help="channels per attention head (2: before the fix)")
+    ap.add_argument("--reader-weight", type=float, default=1.0, help="the tiny recipe's reader loss (configs/decoder_tiny.yaml); 0: A.1's loss alone")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = DecoderConfig(head_dim=args.head_dim)
@@ -36,7 +37,7 @@ def main():
     opt_a, opt_b = torch.optim.AdamW(ours.parameters(), 8e-5), torch.optim.AdamW(plain.parameters(), 8e-5)
 
     def step_ours():
-        loss = decoder_loss(ours, z0, f, f_null, sch)
+        loss = decoder_loss(ours, z0, f, f_null, sch, reader_weight=args.reader_weight)
         opt_a.zero_grad(set_to_none=True); loss.backward(); opt_a.step()
 
     def step_plain():
@@ -48,7 +49,7 @@ def main():
     med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({
         "benchmark": "decoder training step vs plain diffusers UNet step", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale, "head_dim": args.head_dim,
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale, "head_dim": args.head_dim, "reader_weight": args.reader_weight,
         "batch": args.batch, "steps": args.steps, "unet_params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 3),
         "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
         "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))

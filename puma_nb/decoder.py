@@ -170,6 +170,7 @@ def decoder_loss(decoder:Decoder, # D_i
                  p_null:float=0.1, # the fraction of null conditions (classifier-free guidance)
                  noise_offset:float=0.1, # A.1's noise offset
                  generator:torch.Generator|None=None,
+                 reader_weight:float=0.0, # λ: tiny decoders, also regress the reader's own guess `spatial_out(grid)` onto z0 (0: A.1's loss alone)
                 ) -> torch.Tensor:
     "A.1's loss: MSE between the noise (or the scheduler's other target: velocity, clean sample) and D_i's prediction of it."
     B, dev = len(z0), z0.device
@@ -181,7 +182,12 @@ def decoder_loss(decoder:Decoder, # D_i
     z_t = scheduler.add_noise(z0, noise, t)
     pt = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": z0}[pt] if pt != "v_prediction" else scheduler.get_velocity(z0, noise, t)
-    return F.mse_loss(decoder(z_t, t, f, pos_weight=(~drop).float()).float(), target.float())
+    loss = F.mse_loss(decoder(z_t, t, f, pos_weight=(~drop).float()).float(), target.float())
+    if not reader_weight: return loss
+    if decoder.spatial_out is None: raise ValueError("reader_weight needs a decoder with spatial_skip (a reader's guess to regress)")
+    guess = decoder.spatial_out(decoder.spatial_map(f, z0.shape[-2:])).float()
+    kept = (~drop).float().view(-1, 1, 1, 1)  # a null condition has no picture to guess
+    return loss + reader_weight * (((guess - z0.float()) ** 2) * kept).mean()
 
 # %% ../nbs/04_decoder.ipynb #50652970
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
@@ -287,6 +293,7 @@ class DiffusionConfig:
     p_null: float = 0.1          # null-condition dropout, for classifier-free guidance
     noise_offset: float = 0.1
     clip_sample: bool = False    # sampling: clamp the predicted clean latent to [-1, 1] (SDXL: False)
+    reader_weight: float = 0.0   # tiny decoders: λ of the reader's own x0 loss (`decoder_loss`); 0 = A.1's loss alone
 
     def scheduler_config(self) -> dict:
         return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end,
@@ -316,6 +323,12 @@ class DecoderRunConfig:
 
     def validate(self):
         if not 0 <= self.scale < len(SCALES): raise ConfigError(f"scale must be 0 to 4, got {self.scale}")
+        if self.diffusion.reader_weight < 0: raise ConfigError(f"diffusion.reader_weight must be ≥ 0, got {self.diffusion.reader_weight}")
+        if self.diffusion.reader_weight and not (self.model.spatial and self.model.spatial_skip):
+            raise ConfigError("diffusion.reader_weight needs model.spatial_skip and a spatial_dim > 0 (the reader's guess it regresses)")
+        if self.diffusion.reader_weight and self.diffusion.prediction_type != "sample":
+            raise ConfigError(f"diffusion.reader_weight regresses the reader's guess onto z0, so the UNet must predict z0 too: "
+                              f"set diffusion.prediction_type to 'sample' (got {self.diffusion.prediction_type!r})")
 
 def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:DiffusionConfig):
     "`loss_fn(model, batch)` for `fit`: features from the frozen encoder, latents from the frozen space, A.1's loss."
@@ -323,7 +336,7 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
     def loss_fn(model, batch):
         x = batch["image"]
         with torch.no_grad(): f, z0 = pyramid(enc.to(x.device)(x))[scale], space.to(x.device).encode(x)
-        return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset)
+        return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=diff.reader_weight)
     return loss_fn
 
 def init_from(dec:Decoder, src:Decoder) -> list[str]:

@@ -245,3 +245,26 @@ def test_tiny_heads_are_head_dim_wide_and_old_checkpoints_keep_their_heads(tmp_p
     assert _head_widths(new) == {2}
     z, t, f = torch.randn(2, 48, 16, 16), torch.tensor([5, 700]), torch.randn(2, 256, 64)
     assert torch.equal(old(z, t, f), new(z, t, f))
+
+
+def test_reader_weight_adds_the_readers_own_x0_loss_on_kept_conditions():
+    from puma_nb.decoder import DecoderRunConfig, DiffusionConfig
+    d = build_decoder(1)
+    torch.nn.init.normal_(d.spatial_out.weight, std=0.1)
+    sch = make_scheduler("ddpm", prediction_type="sample", beta_schedule="linear", beta_end=0.02)
+    z0, f, f_null = torch.randn(4, 48, 16, 16), torch.randn(4, 64, 64), torch.zeros(1, 64, 64)
+    g = lambda: torch.Generator().manual_seed(5)
+    base = decoder_loss(d, z0, f, f_null, sch, p_null=0.0, generator=g())
+    with_reader = decoder_loss(d, z0, f, f_null, sch, p_null=0.0, generator=g(), reader_weight=0.5)
+    guess = d.spatial_out(d.spatial_map(f, (16, 16)))
+    torch.testing.assert_close(with_reader - base, 0.5 * ((guess - z0) ** 2).mean())
+    all_null = lambda w: decoder_loss(d, z0, f, f_null, sch, p_null=1.0, generator=g(), reader_weight=w)
+    torch.testing.assert_close(all_null(0.5), all_null(0.0))  # a null condition has no picture: no reader term
+    from puma_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="prediction_type"):
+        DecoderRunConfig(diffusion=DiffusionConfig(reader_weight=1.0)).validate()  # the default predicts epsilon
+    with pytest.raises(ConfigError, match="spatial_skip"):
+        DecoderRunConfig(model=DecoderConfig(spatial_skip=False),
+                         diffusion=DiffusionConfig(prediction_type="sample", reader_weight=1.0)).validate()
+    with pytest.raises(ValueError, match="spatial_skip"):
+        decoder_loss(build_decoder(1, DecoderConfig(spatial_skip=False)), z0, f, f_null, sch, reader_weight=1.0)
