@@ -294,6 +294,7 @@ class DiffusionConfig:
     noise_offset: float = 0.1
     clip_sample: bool = False    # sampling: clamp the predicted clean latent to [-1, 1] (SDXL: False)
     reader_weight: float = 0.0   # tiny decoders: λ of the reader's own x0 loss (`decoder_loss`); 0 = A.1's loss alone
+    reader_scales: tuple[int, ...] = (0,)  # the scales whose D_i use it: a coarse token cannot say what each cell holds
 
     def scheduler_config(self) -> dict:
         return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end,
@@ -321,22 +322,29 @@ class DecoderRunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DecoderDataConfig = field(default_factory=DecoderDataConfig)
 
+    @property
+    def reader_weight(self) -> float:
+        "The reader loss's λ for this run's scale: `diffusion.reader_weight` where `reader_scales` holds the scale, else 0."
+        return self.diffusion.reader_weight if self.scale in self.diffusion.reader_scales else 0.0
+
     def validate(self):
         if not 0 <= self.scale < len(SCALES): raise ConfigError(f"scale must be 0 to 4, got {self.scale}")
         if self.diffusion.reader_weight < 0: raise ConfigError(f"diffusion.reader_weight must be ≥ 0, got {self.diffusion.reader_weight}")
-        if self.diffusion.reader_weight and not (self.model.spatial and self.model.spatial_skip):
+        if self.reader_weight and not (self.model.spatial and self.model.spatial_skip):
             raise ConfigError("diffusion.reader_weight needs model.spatial_skip and a spatial_dim > 0 (the reader's guess it regresses)")
-        if self.diffusion.reader_weight and self.diffusion.prediction_type != "sample":
+        if not set(self.diffusion.reader_scales) <= set(range(len(SCALES))):
+            raise ConfigError(f"diffusion.reader_scales must be scales 0 to 4, got {tuple(self.diffusion.reader_scales)}")
+        if self.reader_weight and self.diffusion.prediction_type != "sample":
             raise ConfigError(f"diffusion.reader_weight regresses the reader's guess onto z0, so the UNet must predict z0 too: "
                               f"set diffusion.prediction_type to 'sample' (got {self.diffusion.prediction_type!r})")
 
-def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:DiffusionConfig):
+def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:DiffusionConfig, reader_weight:float=0.0):
     "`loss_fn(model, batch)` for `fit`: features from the frozen encoder, latents from the frozen space, A.1's loss."
     sch = make_scheduler("ddpm", **diff.scheduler_config())
     def loss_fn(model, batch):
         x = batch["image"]
         with torch.no_grad(): f, z0 = pyramid(enc.to(x.device)(x))[scale], space.to(x.device).encode(x)
-        return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=diff.reader_weight)
+        return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
     return loss_fn
 
 def init_from(dec:Decoder, src:Decoder) -> list[str]:
@@ -390,7 +398,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
                          max_bad_rate=cfg.data.max_bad_rate)
     else: ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     f_null = null_features(enc, cfg.scale, enc.image_size)
-    res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion), ds, cfg.train,
+    res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion, cfg.reader_weight), ds, cfg.train,
               collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
     if exports(res):  # rank 0 of a finished run
         dec = trained_model(res, dec, lambda: build_decoder(cfg.scale, cfg.model))  # FSDP: the gathered weights

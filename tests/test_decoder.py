@@ -268,3 +268,9 @@ def test_reader_weight_adds_the_readers_own_x0_loss_on_kept_conditions():
                          diffusion=DiffusionConfig(prediction_type="sample", reader_weight=1.0)).validate()
     with pytest.raises(ValueError, match="spatial_skip"):
         decoder_loss(build_decoder(1, DecoderConfig(spatial_skip=False)), z0, f, f_null, sch, reader_weight=1.0)
+    # the weight applies to the scales named in reader_scales only (D0 by default); elsewhere the run is A.1's loss
+    diff = DiffusionConfig(prediction_type="sample", reader_weight=0.5)
+    assert [DecoderRunConfig(scale=i, diffusion=diff).reader_weight for i in range(5)] == [0.5, 0, 0, 0, 0]
+    DecoderRunConfig(scale=3, diffusion=DiffusionConfig(reader_weight=1.0)).validate()  # not used at scale 3: no error
+    with pytest.raises(ConfigError, match="reader_scales"):
+        DecoderRunConfig(diffusion=DiffusionConfig(prediction_type="sample", reader_weight=1.0, reader_scales=(5,))).validate()
