@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--head-dim", type=int, default=DecoderConfig.head_dim, help="channels per attention head (2: before the fix)")
-    ap.add_argument("--reader-weight", type=float, default=1.0, help="the tiny recipe's reader loss (configs/decoder_tiny.yaml); 0: A.1's loss alone")
+    ap.add_argument("--reader-weight", type=float, default=0.0, help="the reader loss λ (configs/decoder_tiny.yaml: 0, A.1's loss alone; 1: D0 with the reader loss)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = DecoderConfig(head_dim=args.head_dim)

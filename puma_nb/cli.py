@@ -133,7 +133,7 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
                           log_every=25, ckpt_every=250, out_dir="runs/decoders/f0"),
         model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64, spatial_hidden=256,
                             spatial_skip=True),
-        diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True, reader_weight=1.0,
+        diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True, reader_weight=0.0,
                                   reader_scales=(0,)),
         data=DecoderDataConfig(encoder=str(encoder)))
 
@@ -409,7 +409,7 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
               "stand_ins": {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) "
                                        "in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
                             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, "
-                                        "f_i also laid on the latent grid) in place of SDXL UNets with SDXL's VAE",
+                                        "f_i also read onto the latent grid by a per-token MLP whose guess is added to the output) in place of SDXL UNets with SDXL's VAE",
                             "lpips": rec["lpips"], **ev["learned_metrics"],
                             "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld "
                                     "tokenizer, pretrained for minutes, in place of LLaMA-3-8B"}}
