@@ -236,8 +236,8 @@ def save_puma_decoder(decoder:Decoder, folder):
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     sd = {f"mapping_layer.{k}": v for k, v in decoder.mapping_layer.state_dict().items()}
     if decoder.embed_img_pos is not None: sd["embed_img_pos"] = decoder.embed_img_pos.detach()
-    if decoder.spatial is not None: sd.update({f"spatial.{k}": v for k, v in decoder.spatial.state_dict().items()})
-    if decoder.spatial_out is not None: sd.update({f"spatial_out.{k}": v for k, v in decoder.spatial_out.state_dict().items()})
+    for name in ("spatial", "spatial_out"):  # the tiny decoders' reader and its skip (absent from PUMA's)
+        if getattr(decoder, name) is not None: sd.update({f"{name}.{k}": v for k, v in getattr(decoder, name).state_dict().items()})
     sd.update(decoder.unet.state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, folder / "diffusion_pytorch_model.safetensors")
 
@@ -262,8 +262,8 @@ def load_puma_decoder(folder, # a `unet_{n}` folder, PUMA's or ours
     sd = load_file(weights, device=str(device))
     mine = {"mapping_layer.weight": sd.pop("mapping_layer.weight"), "mapping_layer.bias": sd.pop("mapping_layer.bias")}
     if dec.embed_img_pos is not None: mine["embed_img_pos"] = sd.pop("embed_img_pos")
-    if dec.spatial is not None: mine.update({f"spatial.{k}": sd.pop(f"spatial.{k}") for k in dec.spatial.state_dict()})
-    if dec.spatial_out is not None: mine.update({f"spatial_out.{k}": sd.pop(f"spatial_out.{k}") for k in ("weight", "bias")})
+    for name in ("spatial", "spatial_out"):
+        if getattr(dec, name) is not None: mine.update({f"{name}.{k}": sd.pop(f"{name}.{k}") for k in getattr(dec, name).state_dict()})
     dec.unet.load_state_dict(sd, strict=True)
     dec.load_state_dict({**mine, **{f"unet.{k}": v for k, v in dec.unet.state_dict().items()}}, strict=True)
     return dec.to(device)
