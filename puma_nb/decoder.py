@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +24,7 @@ __all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'OUR_KEYS',
            'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler',
            'sample', 'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'DiffusionConfig',
            'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'latent_space', 'init_from_sdxl',
-           'train_decoder']
+           'plain_folder', 'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -281,7 +281,7 @@ def steps_per_scale(total:int) -> list[int]:
 from .config import to_dict
 from .pyramid import load_encoder, pyramid
 from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, _barrier, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% ../nbs/04_decoder.ipynb #e27bf7a6
 @dataclass
@@ -316,6 +316,8 @@ class DecoderRunConfig:
     scale: int = 0                      # i: D_i conditions on f_i
     export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)
     init: str = ""                      # a `unet_<n>` folder to start from, or `sdxl` (model.sdxl's UNet, as PUMA starts every D_i); "" = random
+    init_skip: bool = True              # with a `unet_<n>` init: copy its skip too; False starts the skip at zero
+    reader_steps: int = 0               # with the reader loss on: only the last `reader_steps` of train.steps use it (see `train_decoder`)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=16, lr=8e-5, schedule="linear",
                                                                    grad_clip=1.0, out_dir="runs/decoders/f0"))
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -334,6 +336,9 @@ class DecoderRunConfig:
             raise ConfigError("diffusion.reader_weight needs model.spatial_skip and a spatial_dim > 0 (the reader's guess it regresses)")
         if not set(self.diffusion.reader_scales) <= set(range(len(SCALES))):
             raise ConfigError(f"diffusion.reader_scales must be scales 0 to 4, got {tuple(self.diffusion.reader_scales)}")
+        if self.reader_steps < 0 or (self.reader_weight and self.reader_steps >= self.train.steps):
+            raise ConfigError(f"reader_steps must be ≥ 0 and, with the reader loss on, fewer than train.steps ({self.train.steps}); "
+                              f"got {self.reader_steps}")
         if self.reader_weight and self.diffusion.prediction_type != "sample":
             raise ConfigError(f"diffusion.reader_weight regresses the reader's guess onto z0, so the UNet must predict z0 too: "
                               f"set diffusion.prediction_type to 'sample' (got {self.diffusion.prediction_type!r})")
@@ -347,14 +352,16 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
         return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
     return loss_fn
 
-def init_from(dec:Decoder, src:Decoder) -> list[str]:
+def init_from(dec:Decoder, src:Decoder,
+              skip:bool=True, # also copy the skip (`spatial_out`); False leaves `dec`'s own (a fresh decoder's is zero)
+             ) -> list[str]:
     "Copy `src`'s weights into `dec` (another scale's decoder of the same shape); returns the keys left as they were."
     own, theirs = dec.state_dict(), src.state_dict()
     bad = [k for k in own if k in theirs and own[k].shape != theirs[k].shape and not k.startswith("embed_img_pos")]
     if bad or not set(own) & set(theirs):
         raise ConfigError(f"init: the decoder to start from has another shape (first mismatches: {bad[:3]}); "
                           "it must share model.* with this one")
-    keep = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    keep = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape and (skip or not k.startswith("spatial_out."))}
     dec.load_state_dict(keep, strict=False)
     return sorted(set(own) - set(keep))
 
@@ -379,8 +386,22 @@ def init_from_sdxl(dec:Decoder, name:str) -> list[str]:
     dec.unet.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
     return sorted(set(own) - set(src))
 
+def plain_folder(cfg:DecoderRunConfig) -> Path:
+    "Where a decoder with `reader_steps` exports itself before them: `<out_dir>/plain/unet_<n>` (the chain starts from it)."
+    return Path(cfg.train.out_dir) / "plain" / f"unet_{SCALES[cfg.scale]}"
+
 def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     "The decoder stage: train D_i with `fit`, then save it in PUMA's layout as `<out_dir>/unet_<n>`."
+    if cfg.reader_weight and cfg.reader_steps:  # two runs: A.1's loss alone, then the last steps with the reader loss as well
+        plain, rest = plain_folder(cfg), cfg.train.steps - cfg.reader_steps
+        if not (plain / "config.json").exists():
+            res = train_decoder(replace(cfg, reader_steps=0, export_dir=str(plain.parent),
+                                        diffusion=replace(cfg.diffusion, reader_weight=0.0),
+                                        train=replace(cfg.train, steps=rest, out_dir=str(plain.parent))))
+            if res.status != "done": return res
+        _barrier()  # every rank reads what rank 0 exported
+        cfg = replace(cfg, reader_steps=0, init=str(plain), init_skip=True,
+                      train=replace(cfg.train, steps=cfg.reader_steps, warmup_steps=min(cfg.train.warmup_steps, cfg.reader_steps // 10)))
     enc = load_encoder(cfg.data.encoder)
     if enc.width != cfg.model.feature_dim:
         raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
@@ -390,7 +411,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     else:
         dec = build_decoder(cfg.scale, cfg.model)
         if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
-        elif cfg.init: init_from(dec, load_puma_decoder(cfg.init))
+        elif cfg.init: init_from(dec, load_puma_decoder(cfg.init), skip=cfg.init_skip)
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     if cfg.data.shards:  # pictures (and captions) streamed from shards, resized to the decoder's side
         from puma_nb.data import PairItem, ShardStream

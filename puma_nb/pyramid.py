@@ -102,6 +102,7 @@ class TinyClipConfig:
     text_width: int = 64
     text_layers: int = 2
     context_length: int = 32
+    pool: Literal["avg", "tok"] = "avg"  # the image embedding: the mean of the patch tokens (then ln_post), or the CLS token (open_clip's default)
 
     def validate(self):
         if self.image_size % self.patch_size: raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -112,7 +113,8 @@ def tiny_clip(cfg:TinyClipConfig=TinyClipConfig()) -> open_clip.CLIP:
     "An open_clip `CLIP` with the tiny config (open_clip's own BPE tokenizer, shipped with the package)."
     return open_clip.CLIP(embed_dim=cfg.embed_dim, output_dict=True,
                           vision_cfg=CLIPVisionCfg(layers=cfg.layers, width=cfg.width, head_width=cfg.head_width,
-                                                   patch_size=cfg.patch_size, image_size=cfg.image_size),
+                                                   patch_size=cfg.patch_size, image_size=cfg.image_size,
+                                                   pool_type=cfg.pool, final_ln_after_pool=cfg.pool == "avg"),
                           text_cfg=CLIPTextCfg(context_length=cfg.context_length, width=cfg.text_width,
                                                heads=max(1, cfg.text_width // 32), layers=cfg.text_layers))
 
@@ -184,7 +186,9 @@ def load_clip(folder) -> tuple[open_clip.CLIP, TinyClipConfig]:
     from puma_nb.config import from_dict
     folder = Path(folder)
     if not (folder / "model.safetensors").exists(): raise FileNotFoundError(f"no tiny CLIP in {folder}: train it with configs/clip_tiny.yaml")
-    cfg = from_dict(TinyClipConfig, json.loads((folder / "config.json").read_text()))
+    saved = json.loads((folder / "config.json").read_text())
+    saved.setdefault("pool", "tok")  # written before `pool` existed: those CLIPs pooled the CLS token
+    cfg = from_dict(TinyClipConfig, saved)
     model = tiny_clip(cfg)
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), cfg
@@ -228,20 +232,21 @@ def pca_pictures(enc:CLIPEncoder, # the encoder
 
 # %% ../nbs/03_pyramid.ipynb #4a9f5e69
 def scene_targets(scenes:list[dict]) -> torch.Tensor:
-    "One-hot background (3) and per-cell colour (9 × 7, class 0 = empty), concatenated: `(B, 66)`."
+    "One-hot background (3), per-cell colour (9 × 7, class 0 = empty) and the colours present (6), concatenated: `(B, 72)`."
     from puma_nb.toyworld import BACKGROUNDS, COLORS, POSITIONS
-    y = torch.zeros(len(scenes), 3 + 9 * 7)
+    y = torch.zeros(len(scenes), 3 + 9 * 7 + len(COLORS))
     for i, s in enumerate(scenes):
         y[i, list(BACKGROUNDS).index(s["background"])] = 1
         for c in range(9): y[i, 3 + 7 * c] = 1
         for o in s["objects"]:
             c = POSITIONS.index(o["position"])
             y[i, 3 + 7 * c] = 0; y[i, 3 + 7 * c + 1 + list(COLORS).index(o["color"])] = 1
+            y[i, 66 + list(COLORS).index(o["color"])] = 1
     return y
 
 @torch.no_grad()
 def probe_scales(enc:CLIPEncoder, n_train:int=2000, n_test:int=500, seed:int=0, ridge:float=1e-2) -> dict:
-    "Per scale, the test accuracy of a ridge-regression probe for the background and for the colour in each cell."
+    "Per scale, the test accuracy of a ridge-regression probe: the background, the colour in each cell, the set of colours present."
     def feats(split, n):
         ds = ShapesWorld(split, n, "caption", seed)
         b = collate([ds[i] for i in range(n)])
@@ -258,6 +263,7 @@ def probe_scales(enc:CLIPEncoder, n_train:int=2000, n_test:int=500, seed:int=0, 
         alpha = torch.linalg.solve(A @ A.T + ridge * A.shape[1] * torch.eye(len(A), dtype=A.dtype), ytr.double())
         p = (Bt @ A.T @ alpha).float()
         bg = (p[:, :3].argmax(1) == yte[:, :3].argmax(1)).float().mean()
-        cells = (p[:, 3:].view(-1, 9, 7).argmax(-1) == yte[:, 3:].view(-1, 9, 7).argmax(-1)).float().mean()
-        out[f"f{i}"] = {"background": float(bg), "cell_color": float(cells)}
+        cells = (p[:, 3:66].view(-1, 9, 7).argmax(-1) == yte[:, 3:66].view(-1, 9, 7).argmax(-1)).float().mean()
+        colours = ((p[:, 66:] > 0.5) == yte[:, 66:].bool()).all(1).float().mean()  # every colour present, and no other
+        out[f"f{i}"] = {"background": float(bg), "cell_color": float(cells), "colours": float(colours)}
     return out

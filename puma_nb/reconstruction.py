@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .decoder import (Decoder, DecoderRunConfig, PatchSpace, load_puma_decoder, null_features, sample,
+from .decoder import (Decoder, DecoderRunConfig, PatchSpace, load_puma_decoder, null_features, plain_folder, sample,
                              steps_per_scale, train_decoder)
 from .pyramid import SCALES, pyramid
 from .toyworld import Scene, parse, to_image
@@ -169,15 +169,19 @@ def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.ya
                    total_steps:int, # split over D_0 … D_4 in the ratio 40:30:20:15:10
                    out_dir, # gets `f0` … `f4` (runs) and `unet_1` … `unet_256` (exports)
                    progress:bool=True,
-                   chain:bool=True, # start D_i from the finished D_{i-1}: our stand-in for starting all five from SDXL
+                   chain:bool=True, # start D_i from the finished D_{i-1} (before its reader loss): our stand-in for starting all five from SDXL
                   ) -> dict[int, FitResult|None]:
     "Train (or resume, or skip when exported) D_0 … D_4, in that order."
-    out, results = Path(out_dir), {}
+    out, results, prev = Path(out_dir), {}, None
     for i, steps in enumerate(steps_per_scale(total_steps)):
-        if (out / f"unet_{SCALES[i]}" / "config.json").exists(): results[i] = None; continue
         tc = replace(base.train, steps=steps, out_dir=str(out / f"f{i}"), progress=progress,
                      warmup_steps=min(base.train.warmup_steps, steps // 10))
-        init = str(out / f"unet_{SCALES[i - 1]}") if chain and i > 0 else base.init
-        results[i] = train_decoder(replace(base, scale=i, train=tc, export_dir=str(out), init=init))
+        init = base.init
+        if chain and prev is not None:  # D_{i-1} as A.1's loss left it: before the reader loss of its last steps, if it had one
+            init = str(plain_folder(prev) if plain_folder(prev).exists() else out / f"unet_{SCALES[i - 1]}")
+        cfg = prev = replace(base, scale=i, train=tc, export_dir=str(out), init=init,
+                             reader_steps=min(base.reader_steps, steps // 4))  # as the warm-up, scaled down for short runs
+        if (out / f"unet_{SCALES[i]}" / "config.json").exists(): results[i] = None; continue
+        results[i] = train_decoder(cfg)
         if results[i].status != "done": break  # preempted or stopped: D_i is not exported, and D_{i+1} starts from it
     return results

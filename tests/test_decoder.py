@@ -226,6 +226,22 @@ def test_a_coarse_decoder_starts_from_a_finer_one():
         init_from(build_decoder(3, DecoderConfig(block_out_channels=(16, 32))), d0)
 
 
+def test_a_coarse_decoder_can_start_its_skip_at_zero():
+    from puma_nb.decoder import init_from
+    torch.manual_seed(0)
+    d0 = build_decoder(0, DecoderConfig())
+    with torch.no_grad(): d0.spatial_out.weight.normal_(); d0.spatial_out.bias.normal_()  # a trained skip
+    d1 = build_decoder(1, DecoderConfig())
+    left = init_from(d1, d0, skip=False)
+    assert {"spatial_out.weight", "spatial_out.bias"} <= set(left)
+    assert not d1.spatial_out.weight.any() and not d1.spatial_out.bias.any()  # the fresh decoder's zeros
+    assert torch.equal(d1.spatial[0].weight, d0.spatial[0].weight)  # the reader itself is copied
+    assert torch.equal(d1.unet.conv_in.weight, d0.unet.conv_in.weight)
+    d1b = build_decoder(1, DecoderConfig())
+    init_from(d1b, d0)  # the default copies the skip too
+    assert torch.equal(d1b.spatial_out.weight, d0.spatial_out.weight)
+
+
 def _head_widths(d):
     return {m.inner_dim // m.heads for n, m in d.unet.named_modules() if n.endswith(("attn1", "attn2"))}
 

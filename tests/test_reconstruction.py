@@ -71,3 +71,29 @@ def test_five_decoders_trained_exported_resumed_and_scored(tmp_path):
 def test_load_decoders_names_the_missing_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="unet_1"):
         load_decoders(tmp_path)
+
+
+def test_reader_loss_on_the_last_steps_only_and_the_chain_starts_before_them(tmp_path):
+    "D0 with `reader_steps`: A.1's loss alone first (exported to f0/plain), then the reader loss; D1 starts from the plain D0."
+    from puma_nb.decoder import DecoderConfig, load_puma_decoder
+    from puma_nb.training import read_metrics
+    save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
+    base = DecoderRunConfig(train=TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, progress=False, log_every=1),
+                            model=DecoderConfig(spatial_hidden=32, spatial_skip=True), reader_steps=2,
+                            diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02,
+                                                      clip_sample=True, reader_weight=1.0, reader_scales=(0,)),
+                            data=DecoderDataConfig(encoder=str(tmp_path / "clip"), n_train=32))
+    out = tmp_path / "dec"
+    res = train_decoders(base, 23, out, progress=False)  # D0 gets 8 steps: 6 plain, then 2 with the reader loss
+    assert steps_per_scale(23)[0] == 8 and res[0].step == 2
+    assert [r["step"] for r in read_metrics(out / "f0" / "plain")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(out / "f0")] == [1, 2]
+    plain, final = load_puma_decoder(out / "f0" / "plain" / "unet_256"), load_puma_decoder(out / "unet_256")
+    assert not torch.equal(plain.spatial_out.weight, final.spatial_out.weight)  # the reader loss moved the skip
+    assert (out / "f1" / "plain").exists() is False  # D1..D4 have no reader loss: one run each
+    # D1 started from the plain D0: its run config names that folder
+    import json
+    assert json.loads((out / "f1" / "config.json").read_text())["init"] == str(out / "f0" / "plain" / "unet_256")
+    with pytest.raises(Exception, match="reader_steps"):
+        from dataclasses import replace
+        replace(base, reader_steps=5, train=replace(base.train, steps=5)).validate()
