@@ -5,6 +5,10 @@ plain epsilon-MSE). Steps alternate between the two, so that both see the same m
     python benchmarks/decoder_step.py                 # the tiny D_0 on CPU
     python benchmarks/decoder_step.py --batch 32 --steps 30
     python benchmarks/decoder_step.py --head-dim 2      # heads of 2 channels, as the tiny decoders had before head_dim
+    python benchmarks/decoder_step.py --layers-per-block 1 --reader-weight 0
+
+The decoder's shape is the toy recipe's (`cli.decoder_recipe`: two layers per block, the MLP reader and its skip) unless
+overridden.
 """
 import argparse, json, platform
 
@@ -12,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from _timing import alternate
 
+from dataclasses import replace
+
+from puma_nb.cli import decoder_recipe
 from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler
 
 
@@ -22,10 +29,13 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--head-dim", type=int, default=DecoderConfig.head_dim, help="channels per attention head (2: before the fix)")
-    ap.add_argument("--reader-weight", type=float, default=0.0, help="the reader loss λ (configs/decoder_tiny.yaml: 0, A.1's loss alone; 1: D0 with the reader loss)")
+    ap.add_argument("--layers-per-block", type=int, default=None, help="default: the toy recipe's (2)")
+    ap.add_argument("--reader-weight", type=float, default=0.0,
+                    help="the reader loss λ (the toy recipe: 1 in D0's last 500 steps, 0 in every other step)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = DecoderConfig(head_dim=args.head_dim)
+    cfg = replace(decoder_recipe("").model, head_dim=args.head_dim)
+    if args.layers_per_block: cfg = replace(cfg, layers_per_block=args.layers_per_block)
     ours = build_decoder(args.scale, cfg)
     plain = build_decoder(args.scale, cfg).unet  # an identical UNet, without PUMA's conditioning path
     sch = make_scheduler("ddpm")
@@ -49,7 +59,8 @@ def main():
     med = alternate({"ours": step_ours, "plain": step_plain}, args.warmup, args.steps)
     print(json.dumps({
         "benchmark": "decoder training step vs plain diffusers UNet step", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale, "head_dim": args.head_dim, "reader_weight": args.reader_weight,
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "scale": args.scale, "head_dim": args.head_dim, "layers_per_block": cfg.layers_per_block,
+        "reader_weight": args.reader_weight,
         "batch": args.batch, "steps": args.steps, "unet_params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 3),
         "ours_s_per_step": round(med["ours"], 4), "plain_s_per_step": round(med["plain"], 4),
         "ratio": round(med["ours"] / med["plain"], 3)}, indent=1))

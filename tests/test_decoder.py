@@ -290,3 +290,14 @@ def test_reader_weight_adds_the_readers_own_x0_loss_on_kept_conditions():
     DecoderRunConfig(scale=3, diffusion=DiffusionConfig(reader_weight=1.0)).validate()  # not used at scale 3: no error
     with pytest.raises(ConfigError, match="reader_scales"):
         DecoderRunConfig(diffusion=DiffusionConfig(prediction_type="sample", reader_weight=1.0, reader_scales=(5,))).validate()
+
+
+def test_forward_returns_the_skips_guess_inside_its_prediction():
+    torch.manual_seed(0)
+    d = build_decoder(0, DecoderConfig())
+    with torch.no_grad(): d.spatial_out.weight.normal_()  # a trained skip
+    z, t, f = torch.randn(2, 48, 16, 16), torch.tensor([10, 500]), torch.randn(2, 256, 64)
+    out, guess = d(z, t, f, return_guess=True)
+    assert torch.allclose(out, d(z, t, f)) and guess.shape == out.shape and guess.abs().sum() > 0
+    assert torch.allclose(guess, d.spatial_out(d.spatial_map(f, (16, 16))))
+    assert build_decoder(0, DecoderConfig(spatial_skip=False))(z, t, f, return_guess=True)[1] is None

@@ -88,6 +88,7 @@ def test_reader_loss_on_the_last_steps_only_and_the_chain_starts_before_them(tmp
     assert steps_per_scale(23)[0] == 8 and res[0].step == 2
     assert [r["step"] for r in read_metrics(out / "f0" / "plain")] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in read_metrics(out / "f0")] == [1, 2]
+    assert read_metrics(out / "f0")[0]["lr"] == pytest.approx(1e-3 * 2 / 8)  # where a linear decay over all 8 steps would be
     plain, final = load_puma_decoder(out / "f0" / "plain" / "unet_256"), load_puma_decoder(out / "unet_256")
     assert not torch.equal(plain.spatial_out.weight, final.spatial_out.weight)  # the reader loss moved the skip
     assert (out / "f1" / "plain").exists() is False  # D1..D4 have no reader loss: one run each
