@@ -58,9 +58,9 @@ TINY_UNET = {**SDXL_UNET, "sample_size": 8, "block_out_channels": (32, 64, 64), 
 
 class CastDecoder(Decoder):
     "The change proposed for `Decoder.forward`: inputs cast to the UNet's dtype, so that a bf16 decoder runs without autocast."
-    def forward(self, z_t, t, f, pos_weight=None):
+    def forward(self, z_t, t, f, pos_weight=None, return_guess=False):
         dt = self.mapping_layer.weight.dtype
-        return super().forward(z_t.to(dt), t, f.to(dt), None if pos_weight is None else pos_weight.to(dt))
+        return super().forward(z_t.to(dt), t, f.to(dt), None if pos_weight is None else pos_weight.to(dt), return_guess)
 
 
 def build(tiny: bool) -> Decoder:
