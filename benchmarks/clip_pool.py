@@ -17,6 +17,7 @@ ap.add_argument("--steps", type=int, default=400, help="CLIP training steps (the
 ap.add_argument("--pools", default="avg,tok")
 ap.add_argument("--out", default="runs/clip_pool", help="gets one run folder per choice (a finished one is reused)")
 args = ap.parse_args()
+r3 = lambda d: {k: r3(v) if isinstance(v, dict) else round(v, 3) for k, v in d.items()}  # nested dicts, 3 decimals
 
 for pool in args.pools.split(","):
     cfg = ClipRunConfig()
@@ -25,7 +26,6 @@ for pool in args.pools.split(","):
     cfg.train = replace(cfg.train, steps=args.steps, warmup_steps=max(1, args.steps // 10), out_dir=str(out))
     if not (out / "model" / "model.safetensors").exists(): train_clip(cfg)
     clip, ccfg = load_clip(out / "model")
-    r3 = lambda d: {k: r3(v) if isinstance(v, dict) else round(v, 3) for k, v in d.items()}
     print(json.dumps({"pool": pool, "steps": args.steps,
                       "retrieval": r3(retrieval(clip, ccfg, cfg.data.n_test, "test", cfg.data.seed)),
                       "probe": r3(probe_scales(tiny_encoder(clip, ccfg), n_train=2000, n_test=cfg.data.n_test, seed=cfg.data.seed))}),

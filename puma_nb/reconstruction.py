@@ -178,7 +178,8 @@ def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.ya
                      warmup_steps=min(base.train.warmup_steps, steps // 10))
         init = base.init
         if chain and prev is not None:  # D_{i-1} as A.1's loss left it: before the reader loss of its last steps, if it had one
-            init = str(plain_folder(prev) if plain_folder(prev).exists() else out / f"unet_{SCALES[i - 1]}")
+            before = plain_folder(prev)
+            init = str(before if before.exists() else out / f"unet_{SCALES[i - 1]}")
         cfg = prev = replace(base, scale=i, train=tc, export_dir=str(out), init=init,
                              reader_steps=min(base.reader_steps, steps // 4))  # as the warm-up, scaled down for short runs
         if (out / f"unet_{SCALES[i]}" / "config.json").exists(): results[i] = None; continue
