@@ -111,9 +111,10 @@ def param_groups(model:nn.Module, cfg:TrainConfig) -> list[dict]:
     return [groups[k] for k in sorted(groups)]
 
 def build_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
-    "AdamW over `param_groups(model, cfg)`."
+    "AdamW over `param_groups(model, cfg)`: PyTorch's fused kernel where every parameter is a float on the CPU or a GPU."
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 def build_scheduler(opt:torch.optim.Optimizer, cfg:TrainConfig):
     "Linear warm-up, then the configured decay, from `transformers`."
