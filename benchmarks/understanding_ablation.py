@@ -1,5 +1,5 @@
 """Understanding recipes from a main-job run's pretrained MLLM: questions per picture (`data.questions`), steps, input
-scales and learning rate, each scored on the same held-out ShapesWorld questions. The table in 08_instruct
+scales, learning rate and batch size, each scored on the same held-out ShapesWorld questions. The table in 08_instruct
 ("Several questions about one picture") comes from this script.
 
     python benchmarks/understanding_ablation.py --run runs/toy --questions 8 --steps 1500 --scales 1 --out runs/ablation/q8_f1
@@ -25,6 +25,7 @@ ap.add_argument("--questions", type=int, default=1, help="questions per training
 ap.add_argument("--steps", type=int, default=300)
 ap.add_argument("--scales", default="43210", help="the input scales, coarse to fine, e.g. 43210 (all) or 1 (f1 only)")
 ap.add_argument("--lr", type=float, default=None, help="default: the tiny recipe's")
+ap.add_argument("--batch", type=int, default=None, help="sequences per step; default: the tiny recipe's (16)")
 ap.add_argument("--eval", type=int, default=500, help="held-out questions to answer")
 args = ap.parse_args()
 
@@ -32,7 +33,7 @@ run, scales = Path(args.run), tuple(int(c) for c in args.scales)
 enc_dir = run / "clip" / "model"
 cfg = instruct_recipe("understanding", run / "pretrain" / "model", enc_dir)
 cfg.train = replace(cfg.train, steps=args.steps, warmup_steps=max(1, args.steps // 20), out_dir=args.out,
-                    lr=cfg.train.lr if args.lr is None else args.lr)
+                    lr=cfg.train.lr if args.lr is None else args.lr, batch_size=args.batch or cfg.train.batch_size)
 cfg.data.n_train, cfg.data.input_scales, cfg.data.questions = 20_000, scales, args.questions
 if not (Path(args.out) / "model" / "model.safetensors").exists(): train_instruct(cfg)
 
@@ -42,7 +43,7 @@ seconds = sum((b - a) * cfg.train.batch_size / r["samples_per_s"] for a, b, r in
 model, tok, _ = load_mllm(Path(args.out) / "model")
 qa = [InstructData("understanding", args.eval, "test", 0)[k] for k in range(args.eval)]
 scores = understanding_scores(qa, answer(model, tok, load_encoder(str(enc_dir)), qa, input_scales=scales))
-print(json.dumps({"questions": args.questions, "steps": args.steps, "scales": list(scales), "lr": cfg.train.lr,
+print(json.dumps({"questions": args.questions, "steps": args.steps, "batch": cfg.train.batch_size, "scales": list(scales), "lr": cfg.train.lr,
                   "train_seconds": round(seconds, 1), "train_minutes": round(seconds / 60, 1), "last_ce": round(rows[-1]["ce"], 3),
                   "accuracy": scores["accuracy"],
                   "per_kind": {k: round(v, 3) for k, v in scores["per_kind"].items()}}))

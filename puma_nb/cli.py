@@ -20,7 +20,7 @@ from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders,
                                     table1_markdown, train_decoders)
 from .training import ParamGroup, TrainConfig
 from .mllm import MLLMConfig, load_mllm
-from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, train_pretrain
+from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
 from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
 from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
@@ -40,7 +40,7 @@ class Preset:
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
     clip_steps: int = 400  # tiny CLIP training steps
-    decoder_steps: int = 5750  # D_0 … D_4 together, split 40:30:20:15:10 (D_0: 2000, D_4: 500)
+    decoder_steps: int|tuple[int, ...] = 5750  # D_0 … D_4 together, split 40:30:20:15:10 (D_0: 2000, D_4: 500); or five counts
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
@@ -237,6 +237,10 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
     model = lambda task: load_mllm(out / "instruct" / task / "model")[:2]
     res, index = {"eval_info": {"n": n, "sampling": sampling}}, []
     m, tok = model("understanding"); qa = data("understanding")
+    pm, ptok, _ = load_mllm(out / "pretrain" / "model")  # what pretraining taught about reading: its captions of the same pictures
+    scenes = [tw.Scene.from_dict(q["scene"]) for q in qa]
+    res["pretrain_captions"], texts = caption_scores(pm, ptok, enc, scenes)
+    res["pretrain_captions"]["examples"] = [{"caption": tw.caption(s), "model": t} for s, t in zip(scenes[:4], texts)]
     answers = answer(m, tok, enc, qa)
     res["understanding"] = understanding_scores(qa, answers)
     res["understanding"]["examples"] = [{"question": q["question"], "answer": q["answer"], "model": a} for q, a in zip(qa[:8], answers)]
@@ -343,8 +347,13 @@ def mllm_report(report:dict) -> list[str]:
              f"Each test below uses {report['eval_info']['n']} held-out examples; pictures decoded with {report['eval_info']['sampling']}.",
              "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",
              "| kind | " + " | ".join(u["per_kind"]) + " |", "|---|" + "---|" * len(u["per_kind"]),
-             "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |", "",
-             "## Table 5: understanding by input scale", "",
+             "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |", ""]
+    if "pretrain_captions" in report:  # runs evaluated before it was measured lack it
+        c = report["pretrain_captions"]
+        lines += [f"Before instruct tuning, the pretrained model's image→text captions of the same pictures, read back "
+                  f"(`caption_scores`, 07_pretrain): readable {pct(c['readable'])}, colours {pct(c['color'])}, shapes "
+                  f"{pct(c['shape'])}, positions {pct(c['position'])}, background {pct(c['background'])}, whole scene {pct(c['scene'])}.", ""]
+    lines += ["## Table 5: understanding by input scale", "",
              f"One understanding model per input (each {info['steps']['table5']} steps from the pretraining checkpoint; *all* is the "
              "instruct model above). Ours: exact-match accuracy; the paper's (LLaVA-v1.5 setting, CLIP-L): MMB and VQAv2.", "",
              "| input | tokens | accuracy | paper MMB | paper VQAv2 |", "|---|---|---|---|---|"]

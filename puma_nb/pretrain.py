@@ -13,15 +13,15 @@ import torch
 
 from . import toyworld as tw
 from .config import ConfigError, to_dict
-from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid,
-                          empty_like, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
+from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_prompt, build_sequence, collate_sequences,
+                          flatten_pyramid, empty_like, generate_text, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
 from .pyramid import load_encoder, pyramid
 from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
            'LossConfig', 'PretrainDataConfig', 'paper_schedule', 'PretrainRunConfig', 'mllm_loss_fn', 'TextLines',
-           'MixedStream', 'pretrain_data', 'train_pretrain']
+           'MixedStream', 'pretrain_data', 'train_pretrain', 'caption_scores']
 
 # %% ../nbs/07_pretrain.ipynb #ea8f7040
 SOURCES = ("t2i", "i2t", "text", "grounding")
@@ -186,3 +186,21 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     if exports(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res
+
+# %% ../nbs/07_pretrain.ipynb #b8f40a00
+@torch.no_grad()
+def caption_scores(model, tok, enc, # a pretrained (or image→text) MLLM, its tokenizer, the frozen encoder
+                   scenes:list[tw.Scene], # the pictures to caption, as scenes (rendered here)
+                   batch_size:int=50, max_new_tokens:int=40) -> tuple[dict[str, float], list[str]]:
+    "Greedy captions of the scenes' pictures, read back and scored as Table 1 scores a picture; and the captions."
+    from puma_nb.reconstruction import ATTRIBUTES, survival
+    model.eval(); texts = []
+    dev = next(iter(enc.buffers())).device
+    for b in range(0, len(scenes), batch_size):
+        x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes[b:b + batch_size]]).to(dev)
+        f = flatten_pyramid(pyramid(enc(x))).cpu()
+        texts += [t.strip() for t in generate_text(model, tok, [build_prompt(tok, [Image(fi)]) for fi in f], max_new_tokens)]
+    read = [tw.read_caption(t) for t in texts]
+    rows = [survival(s, r) for s, r in zip(scenes, read)]
+    return {"readable": float(np.mean([r is not None for r in read])),
+            **{k: float(np.mean([r[k] for r in rows])) for k in ATTRIBUTES}}, texts

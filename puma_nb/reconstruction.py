@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_reconstruction.ipynb #aed4929b
 from __future__ import annotations
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,22 +167,24 @@ def figure3(x:torch.Tensor, # originals (B, 3, H, W)
 
 # %% ../nbs/05_reconstruction.ipynb #a9fdb490
 def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.yaml`); its scale and out_dir are set here
-                   total_steps:int, # split over D_0 … D_4 in the ratio 40:30:20:15:10
+                   steps:int|Sequence[int], # a total, split over D_0 … D_4 in the ratio 40:30:20:15:10, or D_0 … D_4's own counts
                    out_dir, # gets `f0` … `f4` (runs) and `unet_1` … `unet_256` (exports)
                    progress:bool=True,
                    chain:bool=True, # start D_i from the finished D_{i-1} (before its reader loss): our stand-in for starting all five from SDXL
                   ) -> dict[int, FitResult|None]:
     "Train (or resume, or skip when exported) D_0 … D_4, in that order."
+    if isinstance(steps, int): steps = steps_per_scale(steps)
+    if len(steps) != 5 or min(steps) < 1: raise ValueError(f"decoder steps: want a total or five counts ≥ 1 (D_0 … D_4), got {steps}")
     out, results, prev = Path(out_dir), {}, None
-    for i, steps in enumerate(steps_per_scale(total_steps)):
-        tc = replace(base.train, steps=steps, out_dir=str(out / f"f{i}"), progress=progress,
-                     warmup_steps=min(base.train.warmup_steps, steps // 10))
+    for i, n in enumerate(steps):
+        tc = replace(base.train, steps=n, out_dir=str(out / f"f{i}"), progress=progress,
+                     warmup_steps=min(base.train.warmup_steps, n // 10))
         init = base.init
         if chain and prev is not None:  # D_{i-1} as A.1's loss left it: before the reader loss of its last steps, if it had one
             before = plain_folder(prev)
             init = str(before if before.exists() else out / f"unet_{SCALES[i - 1]}")
         cfg = prev = replace(base, scale=i, train=tc, export_dir=str(out), init=init,
-                             reader_steps=min(base.reader_steps, steps // 4))  # as the warm-up, scaled down for short runs
+                             reader_steps=min(base.reader_steps, n // 4))  # as the warm-up, scaled down for short runs
         if (out / f"unet_{SCALES[i]}" / "config.json").exists(): results[i] = None; continue
         results[i] = train_decoder(cfg)
         if results[i].status != "done": break  # preempted or stopped: D_i is not exported, and D_{i+1} starts from it

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_toyworld.ipynb #ed4459f4
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -18,9 +18,9 @@ __all__ = ['SIZE', 'BACKGROUNDS', 'COLORS', 'SHAPES', 'SIZES', 'CENTERS', 'POSIT
            'EDIT_KINDS', 'CONDITION_KINDS', 'CONDITION_INSTRUCTIONS', 'CANNY_THRESHOLDS', 'MASK_COLOR', 'QA_KINDS',
            'NUMBERS', 'N_POS_BINS', 'PALETTE_NAMES', 'PALETTE', 'MIN_OBJECT_PIXELS', 'TASKS', 'cell_center',
            'cell_window', 'Obj', 'Scene', 'world_problems', 'shape_mask', 'bbox', 'render', 'describe', 'caption',
-           'sample_scene', 'scene_key', 'split_of', 'split_scene', 'Edit', 'sample_edit', 'canny', 'grayscale',
-           'inpaint_mask', 'Condition', 'make_condition', 'QA', 'sample_qa', 'to_bins', 'from_bins', 'grounding',
-           'Parsed', 'to_rgb_uint8', 'parse', 'to_tensor', 'to_image', 'ShapesWorld', 'collate', 'gallery']
+           'read_caption', 'sample_scene', 'scene_key', 'split_of', 'split_scene', 'Edit', 'sample_edit', 'canny',
+           'grayscale', 'inpaint_mask', 'Condition', 'make_condition', 'QA', 'sample_qa', 'to_bins', 'from_bins',
+           'grounding', 'Parsed', 'to_rgb_uint8', 'parse', 'to_tensor', 'to_image', 'ShapesWorld', 'collate', 'gallery']
 
 # %% ../nbs/00_toyworld.ipynb #72ade987
 SIZE = 64  # canvas side, in pixels
@@ -135,6 +135,21 @@ def caption(scene:Scene) -> str:
     if not parts: return f"an empty {scene.background} background"
     things = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"{things} on a {scene.background} background"
+
+# %% ../nbs/00_toyworld.ipynb #503f10da
+_CAPTION = re.compile(r"(?P<things>.+) on a (?P<bg>\w+) background")
+_THING = re.compile(r"a (?P<size>\w+) (?P<color>\w+) (?P<shape>\w+) at the (?P<position>[\w ]+)")
+
+def read_caption(text:str) -> Scene|None:
+    "The scene a caption describes, or `None` when `text` is not a caption `caption` could have written."
+    text = text.strip()
+    if m := re.fullmatch(r"an empty (\w+) background", text): things, bg = [], m[1]
+    elif m := _CAPTION.fullmatch(text): things, bg = re.split(r", | and ", m["things"]), m["bg"]
+    else: return None
+    objs = [_THING.fullmatch(t) for t in things]
+    if None in objs: return None
+    try: return Scene(bg, tuple(Obj(**o.groupdict()) for o in objs))
+    except ValueError: return None  # an unknown word, or two objects in one cell
 
 # %% ../nbs/00_toyworld.ipynb #08d2cce4
 SPLITS = ("train", "val", "test")

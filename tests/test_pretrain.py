@@ -69,3 +69,23 @@ def test_pretrain_stage_from_its_config_file_resumes_exactly(tmp_path):
     assert mc.hidden_size == 64 and len(tok) == len(tiny_tokenizer())
     ma, _, _ = load_mllm(tmp_path / "b" / "model")
     assert all(torch.equal(x, y) for x, y in zip(m.state_dict().values(), ma.state_dict().values()))
+
+
+def test_caption_scores_reads_back_what_the_model_writes(monkeypatch):
+    import puma_nb.pretrain as pre
+    from puma_nb import toyworld as tw
+    from puma_nb.mllm import build_mllm
+    from puma_nb.pyramid import tiny_encoder
+    tok = tiny_tokenizer()
+    model = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2), tok)
+    enc = tiny_encoder(tiny_clip(), TinyClipConfig())
+    scenes = [tw.ShapesWorld("test", 6).scene(k) for k in range(6)]
+    scores, texts = pre.caption_scores(model, tok, enc, scenes, batch_size=4, max_new_tokens=3)
+    assert len(texts) == 6 and set(scores) == {"readable", "color", "shape", "position", "background", "scene"}
+    assert scores["readable"] == 0.0  # three random words are no caption
+    # a model that writes each picture's true caption (first two right, the rest wrong) is scored exactly
+    truth = [tw.caption(s) for s in scenes[:2]] + ["a large red circle at the top left on a white background"] * 4
+    monkeypatch.setattr(pre, "generate_text", lambda m, t, prompts, n: truth[:len(prompts)] if len(prompts) == 4 else truth[4:])
+    scores, _ = pre.caption_scores(model, tok, enc, scenes, batch_size=4)
+    want = sum(tw.read_caption(t) == s for t, s in zip(truth, scenes)) / 6
+    assert scores["readable"] == 1.0 and scores["scene"] == want and want >= 2 / 6

@@ -1,4 +1,6 @@
 "Table 1 on ShapesWorld: metrics, the LPIPS stand-in, the parser's survival rates, five decoders trained, exported and read back."
+import json
+
 import pytest
 import torch
 
@@ -66,6 +68,18 @@ def test_five_decoders_trained_exported_resumed_and_scored(tmp_path):
     assert decoded[0].shape == (4, 2, 3, 64, 64)
     assert "| f4 |" in table1_markdown(rows, chance_rates(scenes))
     figure3(x, decoded, n=2)
+
+
+def test_decoders_with_their_own_step_counts(tmp_path):
+    save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
+    base = DecoderRunConfig(train=TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, progress=False),
+                            data=DecoderDataConfig(encoder=str(tmp_path / "clip"), n_train=32))
+    res = train_decoders(base, (2, 1, 1, 1, 3), tmp_path / "dec", progress=False)  # the toy preset's shape: D_4 gets more than D_3
+    assert [r.step for r in res.values()] == [2, 1, 1, 1, 3]
+    assert json.loads((tmp_path / "dec" / "f4" / "config.json").read_text())["train"]["steps"] == 3
+    for bad in [(1, 1, 1, 1), (1, 1, 0, 1, 1)]:
+        with pytest.raises(ValueError, match="five counts"): train_decoders(base, bad, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_load_decoders_names_the_missing_folders(tmp_path):

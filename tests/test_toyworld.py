@@ -144,3 +144,15 @@ def test_dataset_every_task(task):
     assert torch.equal(x["image"], y["image"]) and {k: v for k, v in x.items() if not torch.is_tensor(v)} == \
         {k: v for k, v in y.items() if not torch.is_tensor(v)}
     with pytest.raises(IndexError): ds[16]
+
+
+def test_read_caption_inverts_caption_and_refuses_other_text():
+    rng = np.random.default_rng(7)
+    scenes = [tw.sample_scene(rng) for _ in range(2000)] + [tw.Scene("gray")]
+    assert all(tw.read_caption(tw.caption(s)) == s for s in scenes)
+    assert tw.read_caption("  a small red square at the center on a black background ") == tw.Scene(
+        "black", (tw.Obj("square", "red", "small", "center"),))
+    for bad in ["", "a small red square at the center", "a small red square at the middle on a black background",
+                "a small red square at the center and a large blue circle at the center on a white background",
+                "a red square at the center on a black background"]:
+        assert tw.read_caption(bad) is None
