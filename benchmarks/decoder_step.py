@@ -11,12 +11,11 @@ The decoder's shape is the toy recipe's (`cli.decoder_recipe`: two layers per bl
 overridden.
 """
 import argparse, json, platform
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from _timing import alternate
-
-from dataclasses import replace
 
 from puma_nb.cli import decoder_recipe
 from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler

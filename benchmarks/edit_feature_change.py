@@ -36,7 +36,8 @@ for folder in args.clip:
     var = float(((ft - ft.mean((0, 1))) ** 2).mean())
     by = collections.defaultdict(list)
     for it, row in zip(items, d): by[it["kind"]].append(row)
-    kinds = {k: {"n": len(r), "copy_mse": round(float(torch.stack(r).mean()), 3), "median_token": round(float(torch.stack(r).median()), 3),
-                 "tokens_changed": round(float((torch.stack(r) > 0.1 * var).float().mean()), 3)} for k, r in sorted(by.items())}
+    by = {k: torch.stack(r) for k, r in sorted(by.items())}
+    kinds = {k: {"n": len(r), "copy_mse": round(float(r.mean()), 3), "median_token": round(float(r.median()), 3),
+                 "tokens_changed": round(float((r > 0.1 * var).float().mean()), 3)} for k, r in by.items()}
     print(json.dumps({"encoder": folder, "layer": args.layer or blocks, "scale": args.scale, "n": args.n, "copy_mse": round(float(d.mean()), 3),
                       "mean_token_mse": round(var, 3), "per_kind": kinds}))

@@ -189,9 +189,9 @@ def decoder_loss(decoder:Decoder, # D_i
     pt = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": z0}[pt] if pt != "v_prediction" else scheduler.get_velocity(z0, noise, t)
     if not reader_weight: return F.mse_loss(decoder(z_t, t, f, pos_weight=(~drop).float()).float(), target.float())
+    if decoder.spatial_out is None: raise ValueError("reader_weight needs a decoder with spatial_skip (a reader's guess to regress)")
     pred, guess = decoder(z_t, t, f, pos_weight=(~drop).float(), return_guess=True)  # the skip's guess, computed once
     loss = F.mse_loss(pred.float(), target.float())
-    if guess is None: raise ValueError("reader_weight needs a decoder with spatial_skip (a reader's guess to regress)")
     kept = (~drop).float().view(-1, 1, 1, 1)  # a null condition has no picture to guess
     return loss + reader_weight * (((guess.float() - z0.float()) ** 2) * kept).mean()
 
