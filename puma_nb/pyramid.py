@@ -23,9 +23,10 @@ from .toyworld import ShapesWorld, collate
 from .training import FitResult, TrainConfig, exports, fit, seed_everything, trained_model
 
 # %% auto #0
-__all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'tiny_clip', 'tokenizer',
-           'tiny_encoder', 'ClipDataConfig', 'ClipRunConfig', 'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip',
-           'load_clip', 'load_encoder', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
+__all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'local_attention_mask',
+           'use_attention_mask', 'tiny_clip', 'tokenizer', 'tiny_encoder', 'ClipDataConfig', 'ClipRunConfig',
+           'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip', 'load_clip', 'load_encoder', 'train_clip',
+           'pca_pictures', 'scene_targets', 'probe_scales']
 
 # %% ../nbs/03_pyramid.ipynb #48479212
 SCALES = (256, 64, 16, 4, 1)  # tokens in f0, f1, f2, f3, f4
@@ -103,20 +104,41 @@ class TinyClipConfig:
     text_layers: int = 2
     context_length: int = 32
     pool: Literal["avg", "tok"] = "avg"  # the image embedding: the mean of the patch tokens (then ln_post), or the CLS token (open_clip's default)
+    attn_window: int = 1      # k > 0: a patch token attends only to the patches within k grid cells (local tokens, below); 0: to all, as CLIP
 
     def validate(self):
         if self.image_size % self.patch_size: raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.image_size // self.patch_size != 16: raise ConfigError("the pyramid needs a 16×16 grid: image_size / patch_size must be 16")
         if self.width % self.head_width: raise ConfigError(f"width {self.width} is not a multiple of head_width {self.head_width}")
+        if self.attn_window < 0: raise ConfigError(f"attn_window {self.attn_window} must be 0 (global attention) or a positive number of grid cells")
+
+def local_attention_mask(grid:int, # the patch grid's side (16)
+                         k:int, # how many grid cells away a patch may look
+                        ) -> torch.Tensor:
+    "The additive mask `(1 + grid², 1 + grid²)` of a windowed ViT: patch p sees patch q iff both row and column differ by ≤ k; the CLS token sees everything and is seen by nothing but itself."
+    r, c = torch.arange(grid).repeat_interleave(grid), torch.arange(grid).repeat(grid)
+    near = ((r[:, None] - r[None]).abs() <= k) & ((c[:, None] - c[None]).abs() <= k)
+    allowed = torch.ones(1 + grid * grid, 1 + grid * grid, dtype=torch.bool)
+    allowed[1:, :1], allowed[1:, 1:] = False, near
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+
+def use_attention_mask(visual:nn.Module, # an open_clip `VisionTransformer`
+                       mask:torch.Tensor): # `(L, L)`, additive
+    "Make every block of the vision tower attend under `mask` (open_clip's tower passes none), by a pre-hook on each block."
+    visual.register_buffer("attn_window_mask", mask, persistent=False)
+    def hook(block, args, kwargs): return args, {**kwargs, "attn_mask": visual.attn_window_mask.to(args[0].dtype)}
+    for block in visual.transformer.resblocks: block.register_forward_pre_hook(hook, with_kwargs=True)
 
 def tiny_clip(cfg:TinyClipConfig=TinyClipConfig()) -> open_clip.CLIP:
     "An open_clip `CLIP` with the tiny config (open_clip's own BPE tokenizer, shipped with the package)."
-    return open_clip.CLIP(embed_dim=cfg.embed_dim, output_dict=True,
+    model = open_clip.CLIP(embed_dim=cfg.embed_dim, output_dict=True,
                           vision_cfg=CLIPVisionCfg(layers=cfg.layers, width=cfg.width, head_width=cfg.head_width,
                                                    patch_size=cfg.patch_size, image_size=cfg.image_size,
                                                    pool_type=cfg.pool, final_ln_after_pool=cfg.pool == "avg"),
                           text_cfg=CLIPTextCfg(context_length=cfg.context_length, width=cfg.text_width,
                                                heads=max(1, cfg.text_width // 32), layers=cfg.text_layers))
+    if cfg.attn_window: use_attention_mask(model.visual, local_attention_mask(cfg.image_size // cfg.patch_size, cfg.attn_window))
+    return model
 
 def tokenizer(cfg:TinyClipConfig=TinyClipConfig()):
     "open_clip's CLIP tokenizer at the tiny context length."
@@ -188,6 +210,7 @@ def load_clip(folder) -> tuple[open_clip.CLIP, TinyClipConfig]:
     if not (folder / "model.safetensors").exists(): raise FileNotFoundError(f"no tiny CLIP in {folder}: train it with configs/clip_tiny.yaml")
     saved = json.loads((folder / "config.json").read_text())
     saved.setdefault("pool", "tok")  # written before `pool` existed: those CLIPs pooled the CLS token
+    saved.setdefault("attn_window", 0)  # written before `attn_window` existed: those CLIPs attended globally
     cfg = from_dict(TinyClipConfig, saved)
     model = tiny_clip(cfg)
     model.load_state_dict(load_file(folder / "model.safetensors"))

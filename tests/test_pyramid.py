@@ -78,3 +78,38 @@ def test_tiny_config_is_checked():
     from puma_nb.config import ConfigError, from_dict
     with pytest.raises(ConfigError, match="16×16 grid"):
         from_dict(TinyClipConfig, {"patch_size": 8})
+
+
+def test_windowed_tiny_clip_has_local_tokens_in_both_paths():
+    """attn_window=1: a change in the top-left 2×2 patches reaches only rows and columns 0…3 (two blocks × one cell), in the
+    encoder's path and in the contrastive forward, whose image embedding is ln_post of the same tokens' mean."""
+    import torch.nn.functional as F
+    from puma_nb.pyramid import clip_preprocess, local_attention_mask
+    M = local_attention_mask(16, 2)
+    assert M.shape == (257, 257) and int((M[1:, 1:] == 0).sum(1).max()) == 25 and not (M[1:, 0] == 0).any()
+    torch.manual_seed(0)
+    cfg = TinyClipConfig(attn_window=1)
+    m = tiny_clip(cfg).eval()
+    enc = tiny_encoder(m, cfg)
+    x = torch.rand(2, 3, 64, 64); y = x.clone(); y[..., :8, :8] = 0
+    with torch.no_grad():
+        changed = ((enc(x) - enc(y)).abs().sum(-1) > 1e-6).view(2, 16, 16)
+        assert int(changed[0].sum()) == 16 and changed[:, 4:].sum() == 0 and changed[:, :, 4:].sum() == 0
+        out = m(clip_preprocess(x, 64, enc.mean, enc.std), torch.zeros(2, cfg.context_length, dtype=torch.long))
+        want = F.normalize(m.visual.ln_post(enc(x).mean(1)) @ m.visual.proj, dim=-1)
+    assert torch.allclose(out["image_features"], want, atol=1e-5)
+
+
+def test_clip_saved_before_attn_window_loads_global(tmp_path):
+    import json
+    from puma_nb.config import ConfigError, from_dict
+    torch.manual_seed(0)
+    cfg = TinyClipConfig(attn_window=0)
+    save_clip(tiny_clip(cfg), cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text()); del saved["attn_window"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    model, mcfg = load_clip(tmp_path)
+    assert mcfg.attn_window == 0 and TinyClipConfig().attn_window == 1  # old folders keep global attention; new ones default to k = 1
+    x = torch.rand(1, 3, 64, 64); y = x.clone(); y[..., :8, :8] = 0
+    with torch.no_grad(): assert int(((tiny_encoder(model)(x) - tiny_encoder(model)(y)).abs().sum(-1) > 1e-6).sum()) == 256
+    with pytest.raises(ConfigError, match="attn_window -1"): from_dict(TinyClipConfig, {"attn_window": -1})
