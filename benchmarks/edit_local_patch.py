@@ -29,10 +29,11 @@ enc = load_encoder(f"{args.run}/clip/model")
 D0 = load_puma_decoder(f"{args.run}/decoders/unet_256").eval()
 xs, xt = torch.stack([it["source"] for it in items]), torch.stack([it["image"] for it in items])
 with torch.no_grad(): fs, ft = enc(xs), enc(xt)
+f_null = null_features(enc, 0)
 changed = F.max_pool2d(((xs - xt).abs().sum(1, keepdim=True) > 0.05).float(), tw.SIZE // 16)  # (n, 1, 16, 16): tokens over changed pixels
 
 def score(f0, name, pasted=None):
-    y = decode_features(D0, f0, null_features(enc, 0), seed=0, steps=20, guidance=1.0)
+    y = decode_features(D0, f0, f_null, seed=0, steps=20, guidance=1.0)
     ok, n = collections.Counter(), collections.Counter()
     for it, im in zip(items, y):
         ok[it["kind"]] += tw.parse(tw.to_image(im)).scene == tw.Scene.from_dict(it["scene"]); n[it["kind"]] += 1
