@@ -183,7 +183,7 @@ def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
 
 def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:
     "The tiny instruct recipe of one task, as `configs/instruct_tiny.yaml` writes it (a test keeps the two equal)."
-    return InstructRunConfig(task=task, init=str(init), data=InstructDataConfig(encoder=str(encoder)),
+    return InstructRunConfig(task=task, init=str(init), image_stride=384, data=InstructDataConfig(encoder=str(encoder)),
                              train=TrainConfig(steps=300, batch_size=16, lr=5e-4, warmup_steps=15, schedule="cosine", grad_clip=5.0,
                                                precision="bf16", log_every=20, ckpt_every=100, out_dir=f"runs/instruct/{task}"))
 

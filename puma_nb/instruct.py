@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import toyworld as tw
 from .config import ConfigError, to_dict
 from .decoder import null_features
-from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, Text, build_prompt, build_sequence, collate_sequences,
+from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, MLLMConfig, Text, build_prompt, build_sequence, collate_sequences,
                           empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, save_mllm, select_scales, unflatten_pyramid)
 from .pretrain import LossConfig, mllm_loss_fn
 from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
@@ -156,6 +156,7 @@ class InstructRunConfig:
     stage: Literal["instruct"] = "instruct"
     task: Literal["t2i", "edit", "conditional", "understanding"] = "t2i"
     init: str = "runs/pretrain/model"  # the pretraining checkpoint (a `save_mllm` folder)
+    image_stride: int|None = None      # `MLLMConfig.image_stride` from here on (None: the checkpoint's): pretraining's pictures come one per sequence
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PAPER_INSTRUCT["t2i"], schedule="cosine", grad_clip=5.0,
                                                                    out_dir="runs/instruct/t2i"))
     loss: LossConfig = field(default_factory=LossConfig)
@@ -168,6 +169,7 @@ class InstructRunConfig:
             raise ConfigError(f"data.questions applies to the understanding task only (task is {self.task!r})")
         if self.data.shards and self.task != "t2i": raise ConfigError(f"data.shards feeds the t2i task; give the {self.task} task a data.manifest")
         if self.data.manifest and self.task == "t2i": raise ConfigError("the t2i task reads image-text pairs: give data.shards, not data.manifest")
+        if self.image_stride is not None: MLLMConfig(image_stride=self.image_stride).validate()  # 0, or at least an image long
 
 class T2IPair:
     "A shard's image-text pair as a text-to-image example."
@@ -198,6 +200,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     enc = load_encoder(cfg.data.encoder)
     seed_everything(cfg.train.seed)
     model, tok, mcfg = load_mllm(cfg.init, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
+    if cfg.image_stride is not None: mcfg.image_stride = model.image_stride = cfg.image_stride  # saved with the model below
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
     ds = instruct_data(cfg)

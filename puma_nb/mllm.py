@@ -27,8 +27,9 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'FEATURE_SCALE', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
            'tiny_tokenizer', 'llama3_tokenizer', 'flatten_pyramid', 'unflatten_pyramid', 'Text', 'Image',
            'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
-           'PumaLM', 'build_mllm', 'empty_like', 'mllm_tokenizer', 'scale_shares', 'puma_loss', 'build_prompt',
-           'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'image_position_ids', 'PumaLM', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer', 'scale_shares',
+           'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm',
+           't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -171,11 +172,15 @@ class MLLMConfig:
     max_positions: int = 1024         # ≥ the longest sequence (an edit: two images, 2 × 343, plus words)
     rope_theta: float = 10_000.0
     image_pos: bool = False           # a learned embedding of each feature token's place (0 … 340), added to input_proj(f)
+    image_stride: int = 0             # RoPE distance from one image's `[IMG]` to the next one's; 0 = consecutive positions, as PUMA
     backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
         if self.hidden_size % self.heads: raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
         if self.heads % self.kv_heads: raise ConfigError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
+        if self.image_stride and self.image_stride < N_FEATURES + 2:
+            raise ConfigError(f"image_stride {self.image_stride} is shorter than an image ({N_FEATURES + 2} tokens with [IMG] and [/IMG]); "
+                              "give at least that, or 0 for consecutive positions")
 
 LLAMA3_8B = dict(vocab_size=128_256, hidden_size=4096, intermediate_size=14_336, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500_000.0, rms_norm_eps=1e-5,
@@ -188,6 +193,27 @@ def llama_config(cfg:MLLMConfig, vocab_size:int) -> LlamaConfig:
                        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
                        max_position_embeddings=cfg.max_positions, rope_theta=cfg.rope_theta, tie_word_embeddings=False)
 
+def image_position_ids(input_ids:torch.Tensor, # `(B, L)`
+                       image_tokens:tuple[int, int], # the ids of `[IMG]` and `[/IMG]`
+                       stride:int=0, # see `MLLMConfig.image_stride`; 0: positions 0, 1, 2 …
+                       attention_mask:torch.Tensor|None=None, # `(B, L)`, 0 on left padding
+                      ) -> torch.Tensor:
+    "RoPE position ids `(B, L)`; with `stride`, each image after the first opens `stride` after the one before it."
+    B, L = input_ids.shape
+    pos = (attention_mask.cumsum(-1) - 1).clamp_min(0) if attention_mask is not None else torch.arange(L, device=input_ids.device).expand(B, L)
+    if not stride: return pos
+    pos, (img, end) = pos.clone(), image_tokens
+    for b in range(B):
+        opens = (input_ids[b] == img).nonzero()[:, 0].tolist()
+        for p, c in zip(opens[:-1], opens[1:]):  # image p, then text, then image c
+            gap = int(pos[b, c] - pos[b, p])
+            if gap > stride:
+                raise ValueError(f"two images are {gap} positions apart, more than image_stride {stride}: the text between them is too long")
+            closes = (input_ids[b, p:c] == end).nonzero()[:, 0]
+            if not len(closes): raise ValueError("an image opened with [IMG] is not closed with [/IMG] before the next one")
+            pos[b, p + int(closes[0]) + 1:] += stride - gap  # the gap sits after [/IMG]: the words keep their place next to the image they lead to
+    return pos
+
 class PumaLM(nn.Module):
     "PUMA's MLLM: a Llama, an input projector (C → d) for feature tokens, a regression head (d → C) for predicting them."
     def __init__(self,
@@ -195,10 +221,14 @@ class PumaLM(nn.Module):
                  feature_dim:int, # C
                  feat_token_id:int, # the `<feat>` placeholder's id
                  image_pos:bool=False, # add a learned embedding of each feature token's place in the pyramid (`MLLMConfig.image_pos`)
+                 image_stride:int=0, # `MLLMConfig.image_stride`
+                 image_tokens:tuple[int, int]|None=None, # the ids of `[IMG]` and `[/IMG]` (needed with `image_stride`)
                 ):
         super().__init__()
+        if image_stride and image_tokens is None: raise ValueError("image_stride needs the ids of [IMG] and [/IMG] (image_tokens)")
         d = llm.config.hidden_size
         self.llm, self.feat_token_id = llm, feat_token_id
+        self.image_stride, self.image_tokens = image_stride, image_tokens
         self.input_proj = nn.Linear(feature_dim, d)
         self.output_proj = nn.Linear(d, feature_dim)
         self.image_pos = nn.Embedding(N_FEATURES, d) if image_pos else None
@@ -217,9 +247,18 @@ class PumaLM(nn.Module):
             x = x + self.image_pos(feature_index.to(x.device))
         return e.masked_scatter(is_feat, x.to(e.dtype))
 
+    def position_ids(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None) -> torch.Tensor:
+        "This model's RoPE positions for a whole sequence (`image_position_ids` with its `image_stride`)."
+        return image_position_ids(input_ids, self.image_tokens, self.image_stride, attention_mask)
+
     def forward(self, input_ids:torch.Tensor, features:torch.Tensor, attention_mask:torch.Tensor|None=None,
                 position_ids:torch.Tensor|None=None, cache=None, use_cache:bool=False, feature_index:torch.Tensor|None=None):
         "Last hidden states `(B, L, d)`, and the KV cache (transformers' `DynamicCache`) when `use_cache`."
+        if self.image_stride:
+            if position_ids is None: position_ids = self.position_ids(input_ids, attention_mask)
+            # with neither a mask nor a cache, transformers reads a jump in the positions as a new sequence packed into
+            # the row, and masks attention across it; a mask of ones keeps one sequence per row
+            if attention_mask is None and cache is None: attention_mask = torch.ones_like(input_ids)
         out = self.llm.model(inputs_embeds=self.embed(input_ids, features, feature_index), attention_mask=attention_mask,
                              position_ids=position_ids, cache=cache, use_cache=use_cache)
         return out.last_hidden_state, out.cache
@@ -236,9 +275,9 @@ def build_mllm(cfg:MLLMConfig, tok,
             except OSError as e: raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here") from e
             lc.vocab_size = max(lc.vocab_size, len(tok))
         with torch.device("meta"):
-            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
+            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
     if not cfg.backbone:
-        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
+        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
     try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
@@ -247,11 +286,16 @@ def build_mllm(cfg:MLLMConfig, tok,
     if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
         raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
     if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
-    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
 
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
-    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None)
+    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None,
+                  model.image_stride, model.image_tokens)
+
+def image_tokens(tok) -> tuple[int, int]:
+    "The ids of `[IMG]` and `[/IMG]` in `tok`."
+    return tok.convert_tokens_to_ids("[IMG]"), tok.convert_tokens_to_ids("[/IMG]")
 
 def mllm_tokenizer(cfg:MLLMConfig) -> PreTrainedTokenizerFast:
     "The tokenizer a model of this kind reads: the shipped ShapesWorld one, or LLaMA-3's (from `backbone`) with PUMA's tokens."
@@ -322,8 +366,8 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
                       use_cache:bool=True) -> torch.Tensor:
     "Image features generated coarse to fine: `(B, n, C)` holding f_4 … f_scale (see `unflatten_pyramid`)."
     dev, C = next(model.parameters()).device, model.output_proj.out_features
-    ids, mask, pos, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
-    B = len(ids)
+    ids, mask, _, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
+    B, pos = len(ids), model.position_ids(ids, mask)
     given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
@@ -337,7 +381,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
             k_mask = torch.cat([mask, torch.ones((B, k), dtype=mask.dtype, device=dev)], 1)
             k_feats = torch.cat([given, torch.stack(out, 1) if out else given[:, :0]], 1).flatten(0, 1)
             k_index = torch.cat([given_index, torch.arange(k, device=dev).expand(B, k)], 1).flatten()  # the k-th generated is token k of 341
-            h, cache = model(k_ids, k_feats, None if no_pad else k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache,
+            h, cache = model(k_ids, k_feats, None if no_pad else k_mask, model.position_ids(k_ids, k_mask), use_cache=use_cache,
                              feature_index=k_index)
         out.append(model.output_proj(h[:, -1]))
     return torch.stack(out, 1)
@@ -348,8 +392,8 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
                   top_k:int=0, generator:torch.Generator|None=None, use_cache:bool=True) -> list[str]:
     "Text continuations of the prompts, until `</s>` (greedy, or sampled at `temperature` from the `top_k`)."
     dev = next(model.parameters()).device
-    ids, mask, pos, feats, index = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
-    B, P = ids.shape
+    ids, mask, _, feats, index = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
+    (B, P), pos = ids.shape, model.position_ids(ids, mask)
     new, done, cache = [], torch.zeros(B, dtype=torch.bool, device=dev), None
     for k in range(max_new_tokens):
         if use_cache and k > 0:
@@ -358,7 +402,7 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
         else:
             k_ids = torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
             k_mask = torch.cat([mask, torch.ones((B, k), dtype=mask.dtype, device=dev)], 1)
-            h, cache = model(k_ids, feats, k_mask, (k_mask.cumsum(-1) - 1).clamp_min(0), use_cache=use_cache, feature_index=index)
+            h, cache = model(k_ids, feats, k_mask, model.position_ids(k_ids, k_mask), use_cache=use_cache, feature_index=index)
         logits = model.llm.lm_head(h[:, -1]).float()
         if temperature > 0:
             logits = logits / temperature
@@ -394,7 +438,8 @@ def load_mllm(folder, device="cpu",
     meta = json.loads((folder / "config.json").read_text())
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
     with torch.device("meta") if on_meta else nullcontext():
-        model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos)
+        model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos,
+                       cfg.image_stride, image_tokens(tok))
     if on_meta: return model, tok, cfg
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=True)
     return model.to(device), tok, cfg

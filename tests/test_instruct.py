@@ -114,7 +114,8 @@ def test_instruct_stage_from_its_config_file(tmp_path):
     rows = read_metrics(tmp_path / "und")
     assert len(rows) == 4 and all(r["mse_f0"] == 0 for r in rows)  # understanding: no picture to generate
     model, tok, mcfg = load_mllm(tmp_path / "und" / "model")
-    before, _, _ = load_mllm(tmp_path / "pre")
+    before, _, pre_cfg = load_mllm(tmp_path / "pre")
+    assert pre_cfg.image_stride == 0 and mcfg.image_stride == model.image_stride == cfg.image_stride == 384  # the config's, saved
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
     assert changed and "output_proj.weight" not in changed  # the regression head gets no gradient from answers
 
@@ -127,6 +128,8 @@ def test_instruct_stage_refuses_bad_inputs(tmp_path):
     base.init = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="run the pretraining stage first"): train_instruct(base)
     with pytest.raises(ConfigError): load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=captioning"])
+    with pytest.raises(ConfigError, match="image_stride 100 is shorter than an image"):
+        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["image_stride=100"])
 
 
 def test_understanding_can_read_fewer_scales():

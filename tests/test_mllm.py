@@ -5,8 +5,8 @@ from transformers import LlamaForCausalLM
 
 from puma_nb.mllm import (ALPHA, N_FEATURES, SCALE_ORDER, TOKENIZER_DIR, Image, MLLMConfig, PumaLM, Text, build_mllm,
                           build_prompt, build_sequence, build_tokenizer, collate_sequences, flatten_pyramid, generate_features,
-                          generate_text, llama_config, load_mllm, puma_loss, save_mllm, scale_shares, shapesworld_words,
-                          select_scales, tiny_tokenizer, unflatten_pyramid)
+                          generate_text, image_position_ids, image_tokens, llama_config, load_mllm, puma_loss, save_mllm,
+                          scale_shares, shapesworld_words, select_scales, tiny_tokenizer, unflatten_pyramid)
 from puma_nb.pyramid import SCALES
 from puma_nb import toyworld as tw
 
@@ -88,10 +88,10 @@ def test_eq2_weights_and_normalisation(tok):
     assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
 
 
-@pytest.mark.parametrize("image_pos", [False, True])
-def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos):
+@pytest.mark.parametrize("image_pos,image_stride", [(False, 0), (True, 0), (False, 400)])
+def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride):
     torch.manual_seed(0)
-    m = build_mllm(MLLMConfig(image_pos=image_pos), tok).eval()
+    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride), tok).eval()
     if image_pos: torch.nn.init.normal_(m.image_pos.weight)  # zero at init: give each place its own vector, so the test can fail
     prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
                build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
@@ -102,7 +102,8 @@ def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos):
     alone = generate_features(m, prompts[:1], tok.pad_token_id, scale=2)
     assert torch.allclose(alone, a[:1, :21], atol=1e-4)
     # an editing prompt (an image in the prompt) too
-    ep = [build_prompt(tok, [Image(flatten_pyramid(pyr(seed=s))), Text("remove the red circle")], open_image=True) for s in (0, 1)]
+    ep = [build_prompt(tok, [Image(flatten_pyramid(pyr(seed=s))), Text(t)], open_image=True)
+          for s, t in ((0, "remove the red circle"), (1, "change the color of the cyan circle to green"))]
     assert torch.allclose(generate_features(m, ep, tok.pad_token_id, scale=3), generate_features(m, ep, tok.pad_token_id, scale=3, use_cache=False), atol=1e-4)
     q = [build_prompt(tok, [Image(flatten_pyramid(pyr(seed=s))), Text("what shape is the red object?")]) for s in (0, 1)]
     assert generate_text(m, tok, q, max_new_tokens=6) == generate_text(m, tok, q, max_new_tokens=6, use_cache=False)
@@ -157,6 +158,53 @@ def test_image_pos_reads_each_feature_at_its_place(tok, tmp_path):
     assert cfg2.image_pos and torch.equal(m2.image_pos.weight, m.image_pos.weight)
 
 
+def edit_batch(tok, instructions, seed=0):
+    seqs = [build_sequence(tok, [Image(flatten_pyramid(pyr(seed=seed + k))), Text(t), Image(flatten_pyramid(pyr(seed=9)), target=True)])
+            for k, t in enumerate(instructions)]
+    return collate_sequences(seqs, tok.pad_token_id)
+
+
+def test_image_stride_puts_every_image_at_the_same_distance(tok):
+    img, end = image_tokens(tok)
+    b = edit_batch(tok, ["remove the red circle", "change the color of the cyan circle to green"])
+    ids = b["input_ids"]
+    assert torch.equal(image_position_ids(ids, (img, end), 0), torch.arange(ids.shape[1]).expand_as(ids))
+    pos = image_position_ids(ids, (img, end), 400)
+    for r in range(2):
+        opens, closes = (ids[r] == img).nonzero()[:, 0], (ids[r] == end).nonzero()[:, 0]
+        assert pos[r, opens[1]] - pos[r, opens[0]] == 400  # whatever the instruction's length
+        assert torch.equal(pos[r, :closes[0] + 1], torch.arange(closes[0] + 1))  # the source image as before
+        words = slice(int(closes[0]) + 1, int(opens[1]) + 1)  # the instruction, then [IMG]: consecutive, the gap before them
+        assert torch.equal(pos[r, words].diff(), torch.ones(words.stop - words.start - 1, dtype=torch.long))
+        assert pos[r, words.start] - pos[r, closes[0]] > 1
+    # left padding: each row counts from its first real token
+    padded = torch.cat([torch.full((1, 3), tok.pad_token_id), ids[:1]], 1)
+    mask = (torch.arange(padded.shape[1]) >= 3).long()[None]
+    assert torch.equal(image_position_ids(padded, (img, end), 400, mask)[0, 3:], pos[0])
+    with pytest.raises(ValueError, match="more than image_stride"):
+        image_position_ids(ids, (img, end), 350)
+
+
+def test_image_stride_keeps_the_target_reading_the_source(tok, tmp_path):
+    # transformers takes a jump in position_ids without a mask for a packed row and masks attention across the
+    # jump; the target image must still see the source through it
+    torch.manual_seed(0)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, image_stride=400)
+    m = build_mllm(cfg, tok).eval()
+    b, b2 = edit_batch(tok, ["remove the red circle"]), edit_batch(tok, ["remove the red circle"], seed=5)  # another source
+    ids = b["input_ids"]
+    target = slice(int((ids[0] == image_tokens(tok)[0]).nonzero()[1, 0]), None)
+    h, _ = m(ids, b["features"])
+    assert not torch.allclose(h[0, target], m(ids, b2["features"])[0][0, target], atol=1e-3)
+    h_explicit, _ = m(ids, b["features"], torch.ones_like(ids), m.position_ids(ids))
+    assert torch.allclose(h, h_explicit, atol=1e-5)
+    h_plain, _ = m(ids, b["features"], torch.ones_like(ids), torch.arange(ids.shape[1])[None])
+    assert not torch.allclose(h[0, target], h_plain[0, target], atol=1e-3)  # the stride does move the target
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    m2, _, cfg2 = load_mllm(tmp_path / "m")
+    assert cfg2.image_stride == 400 and torch.allclose(m2.eval()(ids, b["features"])[0], h, atol=1e-5)
+
+
 def test_llama3_8b_shape_on_meta():
     with torch.device("meta"):
         lc = llama_config(MLLMConfig(kind="llama3_8b", feature_dim=1024), 128_256 + 227)
@@ -175,6 +223,8 @@ def test_bad_configs_are_clear_errors():
         MLLMConfig(hidden_size=250, heads=4).validate()
     with pytest.raises(ValueError, match="needs 341 features"):
         build_sequence(tiny_tokenizer(), [Image(torch.zeros(5, 64))])
+    with pytest.raises(ConfigError, match="image_stride 300 is shorter than an image"):
+        MLLMConfig(image_stride=300).validate()
 
 
 
