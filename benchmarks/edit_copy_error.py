@@ -11,8 +11,8 @@ import argparse, json
 
 import torch
 
-from puma_nb.instruct import InstructData, generate_pyramids
-from puma_nb.mllm import Image, Text, build_sequence, collate_sequences, flatten_pyramid, load_mllm
+from puma_nb.instruct import InstructData, generate_pyramids, instruct_segments
+from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm
 from puma_nb.pyramid import load_encoder, pyramid
 
 ap = argparse.ArgumentParser()
@@ -38,7 +38,7 @@ for folder in args.model:
     m, tok, cfg = load_mllm(folder)
     m.eval()
     with torch.no_grad():
-        b = collate_sequences([build_sequence(tok, [Image(fs[i]), Text(it["instruction"]), Image(ft[i], target=True)])
+        b = collate_sequences([build_sequence(tok, instruct_segments(it, {"source": fs[i], "image": ft[i]}))  # the edit template
                                for i, it in enumerate(items)], tok.pad_token_id)
         h, _ = m(b["input_ids"], b["features"], b["attention_mask"])
         fb, fp = (b["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)

@@ -352,13 +352,13 @@ def build_prompt(tok, segments:list[Text|Image], open_image:bool=False) -> dict:
     if open_image: ids = torch.cat([ids, torch.tensor([tok.convert_tokens_to_ids("[IMG]")])])
     return {"input_ids": ids, "features": seq["features"], "feature_index": seq["feature_index"]}
 
-def left_pad(prompts:list[dict], pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Left-padded ids, attention mask, position ids, and the concatenated features and feature indices of a batch of prompts."
+def left_pad(prompts:list[dict], pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Left-padded ids and attention mask, and the concatenated features and feature indices of a batch of prompts (positions: `PumaLM.position_ids`)."
     L = max(len(p["input_ids"]) for p in prompts)
     ids = torch.stack([F.pad(p["input_ids"], (L - len(p["input_ids"]), 0), value=pad_id) for p in prompts])
     mask = torch.stack([F.pad(torch.ones(len(p["input_ids"]), dtype=torch.long), (L - len(p["input_ids"]), 0)) for p in prompts])
     index = torch.cat([p.get("feature_index", torch.arange(len(p["features"])) % N_FEATURES) for p in prompts])
-    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0), torch.cat([p["features"] for p in prompts]), index
+    return ids, mask, torch.cat([p["features"] for p in prompts]), index
 
 @torch.no_grad()
 def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(..., open_image=True)`, with equal numbers of images
@@ -366,7 +366,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
                       use_cache:bool=True) -> torch.Tensor:
     "Image features generated coarse to fine: `(B, n, C)` holding f_4 … f_scale (see `unflatten_pyramid`)."
     dev, C = next(model.parameters()).device, model.output_proj.out_features
-    ids, mask, _, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
+    ids, mask, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
     B, pos = len(ids), model.position_ids(ids, mask)
     given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
@@ -392,7 +392,7 @@ def generate_text(model:PumaLM, tok, prompts:list[dict], # from `build_prompt`
                   top_k:int=0, generator:torch.Generator|None=None, use_cache:bool=True) -> list[str]:
     "Text continuations of the prompts, until `</s>` (greedy, or sampled at `temperature` from the `top_k`)."
     dev = next(model.parameters()).device
-    ids, mask, _, feats, index = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
+    ids, mask, feats, index = (t.to(dev) for t in left_pad(prompts, tok.pad_token_id))
     (B, P), pos = ids.shape, model.position_ids(ids, mask)
     new, done, cache = [], torch.zeros(B, dtype=torch.bool, device=dev), None
     for k in range(max_new_tokens):
