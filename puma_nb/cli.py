@@ -178,7 +178,8 @@ def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
     return PretrainRunConfig(
         train=TrainConfig(steps=1000, batch_size=16, lr=1e-3, param_groups=[ParamGroup(PROJECTORS, lr=3e-3)], warmup_steps=20,
                           schedule="cosine", grad_clip=5.0, precision="bf16", log_every=20, ckpt_every=250, out_dir="runs/pretrain"),
-        model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024),
+        model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024,
+                          image_pos=True, parent_skip=True),
         data=PretrainDataConfig(encoder=str(encoder)))
 
 def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:

@@ -24,12 +24,12 @@ from . import toyworld as tw
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKENIZER_DIR', 'N_FEATURES', 'SCALE_ORDER',
-           'FEATURE_SCALE', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
-           'tiny_tokenizer', 'llama3_tokenizer', 'flatten_pyramid', 'unflatten_pyramid', 'Text', 'Image',
-           'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
+           'FEATURE_SCALE', 'PARENT', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
+           'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid', 'unflatten_pyramid', 'Text',
+           'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
            'image_position_ids', 'PumaLM', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer', 'scale_shares',
-           'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm',
-           't2i_collate']
+           'parent_features', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text',
+           'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -88,6 +88,18 @@ def llama3_tokenizer(name:str="meta-llama/Meta-Llama-3-8B") -> PreTrainedTokeniz
 N_FEATURES = sum(SCALES)          # 341 feature tokens per image
 SCALE_ORDER = (4, 3, 2, 1, 0)     # how an image is flattened: coarse to fine
 FEATURE_SCALE = torch.cat([torch.full((SCALES[i],), i) for i in SCALE_ORDER])  # the scale of each of the 341 tokens
+
+def parent_places() -> torch.Tensor:
+    "For each of the 341 places, the place of its parent: the f_{i+1} token that averages it and its 3 siblings (Eq. 1); -1 for f_4."
+    start = {i: sum(SCALES[j] for j in SCALE_ORDER[:SCALE_ORDER.index(i)]) for i in SCALE_ORDER}  # where each scale begins
+    P = torch.full((N_FEATURES,), -1)
+    for i in range(4):
+        s = int(round(SCALES[i] ** 0.5))  # f_i is an s × s grid, flattened row-major
+        r, c = torch.arange(s)[:, None], torch.arange(s)[None]
+        P[start[i]:start[i] + SCALES[i]] = (start[i + 1] + r // 2 * (s // 2) + c // 2).flatten()
+    return P
+
+PARENT = parent_places()  # PARENT[k] < k: a parent is generated before its children
 
 def flatten_pyramid(fs:list[torch.Tensor]) -> torch.Tensor:
     "f_0 … f_4 (each `(n_i, C)`, or batched `(B, n_i, C)`) → the 341 tokens f_4, f_3, f_2, f_1, f_0."
@@ -173,6 +185,7 @@ class MLLMConfig:
     rope_theta: float = 10_000.0
     image_pos: bool = False           # a learned embedding of each feature token's place (0 … 340), added to input_proj(f)
     image_stride: int = 0             # RoPE distance from one image's `[IMG]` to the next one's; 0 = consecutive positions, as PUMA
+    parent_skip: bool = False         # predict each f_i token as its parent in f_{i+1} plus output_proj(h): a residual, coarse to fine; False = PUMA
     backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
@@ -223,12 +236,13 @@ class PumaLM(nn.Module):
                  image_pos:bool=False, # add a learned embedding of each feature token's place in the pyramid (`MLLMConfig.image_pos`)
                  image_stride:int=0, # `MLLMConfig.image_stride`
                  image_tokens:tuple[int, int]|None=None, # the ids of `[IMG]` and `[/IMG]` (needed with `image_stride`)
+                 parent_skip:bool=False, # `MLLMConfig.parent_skip`
                 ):
         super().__init__()
         if image_stride and image_tokens is None: raise ValueError("image_stride needs the ids of [IMG] and [/IMG] (image_tokens)")
         d = llm.config.hidden_size
         self.llm, self.feat_token_id = llm, feat_token_id
-        self.image_stride, self.image_tokens = image_stride, image_tokens
+        self.image_stride, self.image_tokens, self.parent_skip = image_stride, image_tokens, parent_skip
         self.input_proj = nn.Linear(feature_dim, d)
         self.output_proj = nn.Linear(d, feature_dim)
         self.image_pos = nn.Embedding(N_FEATURES, d) if image_pos else None
@@ -246,6 +260,13 @@ class PumaLM(nn.Module):
             if feature_index is None: raise ValueError("this model has image_pos: pass each feature's feature_index")
             x = x + self.image_pos(feature_index.to(x.device))
         return e.masked_scatter(is_feat, x.to(e.dtype))
+
+    def predict(self, h:torch.Tensor, # hidden states, each the one before a feature token
+                parents:torch.Tensor, # those tokens' parents (`parent_features`; zeros for f_4), used with `parent_skip`
+               ) -> torch.Tensor:
+        "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`."
+        f = self.output_proj(h)
+        return f.float() + parents.float() if self.parent_skip else f  # the sum in fp32: a bf16 parent would lose its last digits
 
     def position_ids(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None) -> torch.Tensor:
         "This model's RoPE positions for a whole sequence (`image_position_ids` with its `image_stride`)."
@@ -275,9 +296,9 @@ def build_mllm(cfg:MLLMConfig, tok,
             except OSError as e: raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here") from e
             lc.vocab_size = max(lc.vocab_size, len(tok))
         with torch.device("meta"):
-            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
+            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
     if not cfg.backbone:
-        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
+        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
     try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
@@ -286,12 +307,12 @@ def build_mllm(cfg:MLLMConfig, tok,
     if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
         raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
     if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
-    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok))
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
 
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
     return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None,
-                  model.image_stride, model.image_tokens)
+                  model.image_stride, model.image_tokens, model.parent_skip)
 
 def image_tokens(tok) -> tuple[int, int]:
     "The ids of `[IMG]` and `[/IMG]` in `tok`."
@@ -308,6 +329,16 @@ def scale_shares(alpha=ALPHA) -> list[float]:
     "w_i = α_i n_i / Σ_k α_k n_k: how much of the feature loss each scale carries."
     tot = sum(a * n for a, n in zip(alpha, SCALES))
     return [a * n / tot for a, n in zip(alpha, SCALES)]
+
+def parent_features(features:torch.Tensor, # `(N, C)`: a batch's features in placeholder order (`collate_sequences`)
+                    feature_index:torch.Tensor, # `(N,)`: each one's place in its picture's 341
+                   ) -> torch.Tensor:
+    "Each feature token's parent (`PARENT`) from the same picture, zeros for f_4: `(N, C)`. Right for pictures of all five scales (every target)."
+    if features.numel() == 0: return features
+    k = feature_index.to(features.device)
+    par = PARENT.to(k.device)[k]
+    j = torch.arange(len(k), device=k.device) - k + par  # the picture's first token is at j - k
+    return torch.where((par >= 0)[:, None], features[j.clamp(0, len(k) - 1)], torch.zeros_like(features))
 
 def puma_loss(model:PumaLM, batch:dict,
               alpha:tuple[float, ...]=ALPHA, # α_0 … α_4
@@ -329,7 +360,7 @@ def puma_loss(model:PumaLM, batch:dict,
     keep, scale = batch["feature_target"], batch["feature_scale"]
     metrics = {"ce": ce.detach()}
     if keep.any():
-        pred = model.output_proj(prev(fb[keep], fp[keep])).float()
+        pred = model.predict(prev(fb[keep], fp[keep]), parent_features(batch["features"], batch["feature_index"])[keep]).float()
         err = (pred - batch["features"][keep].float()) ** 2
         err = err.mean(-1) if normalize == "weights" else err.sum(-1)
         n_img = keep.sum() / N_FEATURES
@@ -383,7 +414,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
             k_index = torch.cat([given_index, torch.arange(k, device=dev).expand(B, k)], 1).flatten()  # the k-th generated is token k of 341
             h, cache = model(k_ids, k_feats, None if no_pad else k_mask, model.position_ids(k_ids, k_mask), use_cache=use_cache,
                              feature_index=k_index)
-        out.append(model.output_proj(h[:, -1]))
+        out.append(model.predict(h[:, -1], out[int(PARENT[k])] if k else torch.zeros(B, C, device=dev)))
     return torch.stack(out, 1)
 
 @torch.no_grad()
@@ -439,7 +470,7 @@ def load_mllm(folder, device="cpu",
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
     with torch.device("meta") if on_meta else nullcontext():
         model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos,
-                       cfg.image_stride, image_tokens(tok))
+                       cfg.image_stride, image_tokens(tok), cfg.parent_skip)
     if on_meta: return model, tok, cfg
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=True)
     return model.to(device), tok, cfg

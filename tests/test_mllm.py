@@ -88,10 +88,10 @@ def test_eq2_weights_and_normalisation(tok):
     assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
 
 
-@pytest.mark.parametrize("image_pos,image_stride", [(False, 0), (True, 0), (False, 400)])
-def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride):
+@pytest.mark.parametrize("image_pos,image_stride,parent_skip", [(False, 0, False), (True, 0, False), (False, 400, False), (True, 400, True)])
+def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride, parent_skip):
     torch.manual_seed(0)
-    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride), tok).eval()
+    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride, parent_skip=parent_skip), tok).eval()
     if image_pos: torch.nn.init.normal_(m.image_pos.weight)  # zero at init: give each place its own vector, so the test can fail
     prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
                build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
@@ -109,6 +109,35 @@ def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_s
     assert generate_text(m, tok, q, max_new_tokens=6) == generate_text(m, tok, q, max_new_tokens=6, use_cache=False)
     g = lambda: torch.Generator().manual_seed(3)
     assert generate_text(m, tok, q, 6, temperature=1.0, top_k=5, generator=g()) == generate_text(m, tok, q, 6, temperature=1.0, top_k=5, generator=g())
+
+
+def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
+    "The loss and generation read the same parents: teacher-forced on a generated picture, the predictions are that picture."
+    torch.manual_seed(0)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, parent_skip=True)
+    m = build_mllm(cfg, tok).eval()
+    words = ["a large red circle at the top left on a white background", "a small cyan triangle at the center on a black background"]
+    gen = generate_features(m, [build_prompt(tok, [Text(w)], open_image=True) for w in words], tok.pad_token_id)
+    assert gen.shape == (2, 341, 64)
+    b = collate_sequences([build_sequence(tok, [Text(w), Image(g, target=True)]) for w, g in zip(words, gen)], tok.pad_token_id)
+    seen = {}
+    orig = m.predict
+    m.predict = lambda h, parents: seen.setdefault("pred", orig(h, parents))
+    with torch.no_grad(): _, parts = puma_loss(m, b)
+    del m.predict
+    assert torch.allclose(seen["pred"].view(2, 341, 64), gen, atol=1e-4) and all(float(parts[f"mse_f{i}"]) < 1e-7 for i in range(5))
+    # the skip is the parent itself: with the head at zero, every token is its f_4 ancestor's copy
+    torch.nn.init.zeros_(m.output_proj.weight); torch.nn.init.constant_(m.output_proj.bias, 0.5)
+    flat = generate_features(m, [build_prompt(tok, [Text(words[0])], open_image=True)], tok.pad_token_id)[0]
+    assert torch.allclose(flat[unflatten_start(0):], torch.full((256, 64), 2.5))  # f_4 = 0.5, each finer scale adds 0.5
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    m2, _, cfg2 = load_mllm(tmp_path / "m")
+    assert cfg2.parent_skip and m2.parent_skip and not build_mllm(MLLMConfig(), tok).parent_skip
+
+
+def unflatten_start(i):
+    "Where scale i's tokens begin in the flattened 341."
+    return sum(SCALES[j] for j in SCALE_ORDER[:SCALE_ORDER.index(i)])
 
 
 def test_save_and_load(tok, tmp_path):
