@@ -12,7 +12,7 @@ import argparse, json
 import torch
 
 from puma_nb.instruct import InstructData, generate_pyramids, instruct_segments
-from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm
+from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features
 from puma_nb.pyramid import load_encoder, pyramid
 
 ap = argparse.ArgumentParser()
@@ -40,10 +40,11 @@ for folder in args.model:
     with torch.no_grad():
         b = collate_sequences([build_sequence(tok, instruct_segments(it, {"source": fs[i], "image": ft[i]}))  # the edit template
                                for i, it in enumerate(items)], tok.pad_token_id)
-        h, _ = m(b["input_ids"], b["features"], b["attention_mask"])
+        h, _ = m(b["input_ids"], b["features"], b["attention_mask"], feature_index=b["feature_index"])
         fb, fp = (b["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)
         keep = b["feature_target"]
-        forced = m.output_proj(h[fb[keep], fp[keep] - 1]).view(len(items), 341, -1)  # the hidden state before a token predicts it
+        parents = parent_features(b["features"], b["feature_index"])[keep]  # read by a parent_skip head (06_mllm)
+        forced = m.predict(h[fb[keep], fp[keep] - 1], parents).view(len(items), 341, -1)  # the hidden state before a token predicts it
         free = flatten_pyramid(generate_pyramids(m, tok, enc, items, 0))
     print(json.dumps({"model": folder, "image_stride": cfg.image_stride, "teacher_forced": split_error(forced),
                       "free_running": split_error(free)}))
