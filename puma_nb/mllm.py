@@ -262,11 +262,13 @@ class PumaLM(nn.Module):
         return e.masked_scatter(is_feat, x.to(e.dtype))
 
     def predict(self, h:torch.Tensor, # hidden states, each the one before a feature token
-                parents:torch.Tensor, # those tokens' parents (`parent_features`; zeros for f_4), used with `parent_skip`
+                parents:torch.Tensor|None=None, # those tokens' parents (`parent_features`; zeros for f_4): needed with `parent_skip`
                ) -> torch.Tensor:
         "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`."
         f = self.output_proj(h)
-        return f.float() + parents.float() if self.parent_skip else f  # the sum in fp32: a bf16 parent would lose its last digits
+        if not self.parent_skip: return f
+        if parents is None: raise ValueError("this model has parent_skip: pass each predicted token's parent (parent_features)")
+        return f.float() + parents.float()  # the sum in fp32: a bf16 parent would lose its last digits
 
     def position_ids(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None) -> torch.Tensor:
         "This model's RoPE positions for a whole sequence (`image_position_ids` with its `image_stride`)."
@@ -340,7 +342,8 @@ def parent_features(features:torch.Tensor, # `(N, C)`: a batch's features in pla
     j = torch.arange(len(k), device=k.device) - k + par  # the picture's first token is at j - k
     return torch.where((par >= 0)[:, None], features[j.clamp(0, len(k) - 1)], torch.zeros_like(features))
 
-def puma_loss(model:PumaLM, batch:dict,
+def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forward runs through the wrapper
+              batch:dict,
               alpha:tuple[float, ...]=ALPHA, # α_0 … α_4
               ce_weight:float=0.02, # the weight of the text cross-entropy
               normalize:Literal["weights", "none"]="weights", # see above
@@ -351,16 +354,18 @@ def puma_loss(model:PumaLM, batch:dict,
     # is dropped and attention keeps its fast path (no 4-D mask); a left-padded batch keeps its mask
     right_padded = bool((am[:, 1:] <= am[:, :-1]).all())
     h, _ = model(ids, batch["features"], None if right_padded else am, feature_index=batch.get("feature_index"))
+    m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # the heads and ids live on the model
     prev = lambda b, p: h[b, p - 1]  # the hidden state before a token predicts it
     tb, tp = batch["text_target"].nonzero(as_tuple=True)
     # a batch without text or image targets still touches the head it does not train (with weight 0), so that
     # every rank of DDP or FSDP reduces a gradient for every parameter
-    ce = F.cross_entropy(model.llm.lm_head(prev(tb, tp)).float(), ids[tb, tp]) if len(tb) else model.llm.lm_head(h[:1, :1]).sum() * 0
-    fb, fp = (ids == model.feat_token_id).nonzero(as_tuple=True)
+    ce = F.cross_entropy(m.llm.lm_head(prev(tb, tp)).float(), ids[tb, tp]) if len(tb) else m.llm.lm_head(h[:1, :1]).sum() * 0
+    fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
     keep, scale = batch["feature_target"], batch["feature_scale"]
     metrics = {"ce": ce.detach()}
     if keep.any():
-        pred = model.predict(prev(fb[keep], fp[keep]), parent_features(batch["features"], batch["feature_index"])[keep]).float()
+        parents = parent_features(batch["features"], batch["feature_index"])[keep] if m.parent_skip else None
+        pred = m.predict(prev(fb[keep], fp[keep]), parents).float()
         err = (pred - batch["features"][keep].float()) ** 2
         err = err.mean(-1) if normalize == "weights" else err.sum(-1)
         n_img = keep.sum() / N_FEATURES
@@ -369,7 +374,7 @@ def puma_loss(model:PumaLM, batch:dict,
         if normalize == "weights": feat = feat / sum(a * n for a, n in zip(alpha, SCALES))
         metrics.update({f"mse_f{i}": (per_scale[i] / SCALES[i]).detach() for i in range(5)})
     else:  # no image to generate in this batch; the keys stay, so that every rank logs (and all-reduces) the same ones
-        feat = model.output_proj(h[:1, :1]).sum() * 0
+        feat = m.output_proj(h[:1, :1]).sum() * 0
         metrics.update({f"mse_f{i}": torch.zeros(()) for i in range(5)})
     return ce_weight * ce + feat, metrics
 

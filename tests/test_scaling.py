@@ -34,6 +34,22 @@ def test_pretrain_under_fsdp_on_two_ranks_equals_one_process(tmp_path, clip_dir)
     assert s1.keys() == s2.keys() and all(torch.allclose(s1[k], s2[k], rtol=1e-3, atol=1e-5) for k in s1)
 
 
+def test_pretrain_under_ddp_on_two_ranks_equals_one_process(tmp_path, clip_dir):
+    # DDP, `fit`'s default for several ranks: puma_loss runs the forward through the wrapper and reads the heads from
+    # the model inside it (it once asked the wrapper for `.llm` and stopped at step 1); the toy recipe's image_pos and
+    # parent_skip included
+    args = [f"data.encoder={clip_dir}", "data.n_train=100", "train.steps=3", "train.warmup_steps=1", "train.batch_size=4",
+            "train.micro_batch_size=2", "train.log_every=1", "train.progress=false", "train.precision=fp32",
+            "model.hidden_size=64", "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
+    run_stage("pretrain_tiny.yaml", tmp_path / "one", *args)
+    run_stage("pretrain_tiny.yaml", tmp_path / "two", *args, ranks=2)
+    same_losses(tmp_path / "one", tmp_path / "two")
+    (m1, _, c1), (m2, _, _) = load_mllm(tmp_path / "one" / "model"), load_mllm(tmp_path / "two" / "model")
+    assert c1.parent_skip and c1.image_pos
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert s1.keys() == s2.keys() and all(torch.allclose(s1[k], s2[k], rtol=1e-3, atol=1e-5) for k in s1)
+
+
 def test_decoder_sharded_on_two_ranks_equals_one_process(tmp_path, clip_dir):
     # FSDP2 on the UNet's down/mid/up stages with activation checkpointing, against one plain process; the diffusion
     # noise, timesteps and null-condition dropout are keyed by (step, offset in the global batch)
