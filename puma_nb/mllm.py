@@ -91,12 +91,12 @@ FEATURE_SCALE = torch.cat([torch.full((SCALES[i],), i) for i in SCALE_ORDER])  #
 
 def parent_places() -> torch.Tensor:
     "For each of the 341 places, the place of its parent: the f_{i+1} token that averages it and its 3 siblings (Eq. 1); -1 for f_4."
-    start = {i: sum(SCALES[j] for j in SCALE_ORDER[:SCALE_ORDER.index(i)]) for i in SCALE_ORDER}  # where each scale begins
     P = torch.full((N_FEATURES,), -1)
     for i in range(4):
         s = int(round(SCALES[i] ** 0.5))  # f_i is an s × s grid, flattened row-major
         r, c = torch.arange(s)[:, None], torch.arange(s)[None]
-        P[start[i]:start[i] + SCALES[i]] = (start[i + 1] + r // 2 * (s // 2) + c // 2).flatten()
+        here, up = (FEATURE_SCALE == i).nonzero()[:, 0], (FEATURE_SCALE == i + 1).nonzero()[:, 0]  # the places of f_i and f_{i+1}
+        P[here] = up[(r // 2 * (s // 2) + c // 2).flatten()]
     return P
 
 PARENT = parent_places()  # PARENT[k] < k: a parent is generated before its children

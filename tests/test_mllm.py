@@ -129,15 +129,10 @@ def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
     # the skip is the parent itself: with the head at zero, every token is its f_4 ancestor's copy
     torch.nn.init.zeros_(m.output_proj.weight); torch.nn.init.constant_(m.output_proj.bias, 0.5)
     flat = generate_features(m, [build_prompt(tok, [Text(words[0])], open_image=True)], tok.pad_token_id)[0]
-    assert torch.allclose(flat[unflatten_start(0):], torch.full((256, 64), 2.5))  # f_4 = 0.5, each finer scale adds 0.5
+    assert torch.allclose(flat[-256:], torch.full((256, 64), 2.5))  # f_0: f_4 = 0.5, each finer scale adds 0.5
     save_mllm(m, tok, cfg, tmp_path / "m")
     m2, _, cfg2 = load_mllm(tmp_path / "m")
     assert cfg2.parent_skip and m2.parent_skip and not build_mllm(MLLMConfig(), tok).parent_skip
-
-
-def unflatten_start(i):
-    "Where scale i's tokens begin in the flattened 341."
-    return sum(SCALES[j] for j in SCALE_ORDER[:SCALE_ORDER.index(i)])
 
 
 def test_save_and_load(tok, tmp_path):
