@@ -1,8 +1,9 @@
 """Where does an edit model go wrong: on the tokens the edit changes, or on those it should copy? For held-out ShapesWorld
-edits, split the target's f_0 and f_1 tokens into *kept* (the source's token is the target's: squared difference per
-channel below 0.1) and *changed*, and report the model's mean squared error on each, teacher-forced (the true earlier
-target tokens as inputs, as in training) and free-running (its own generated tokens, as at test time). Copying the
-source scores ~0 on the kept tokens, so a model that has learnt the copy should too. Cited in 06_mllm and 08_instruct.
+edits, split the target's tokens at each scale (f_4 … f_0) into *kept* (the source's token is the target's: squared
+difference per channel below 0.1) and *changed*, and report the model's mean squared error on each, teacher-forced (the
+true earlier target tokens as inputs, as in training) and free-running (its own generated tokens, as at test time).
+Copying the source scores ~0 on the kept tokens, so a model that has learnt the copy should too. Reads models with
+`parent_skip` and `source_skip`. Cited in 06_mllm (the `image_stride` and `source_skip` tables) and 08_instruct.
 
     python benchmarks/edit_copy_error.py --encoder runs/toy/clip/model --model runs/toy/instruct/edit/model [--model …] [--n 40]
 
@@ -12,7 +13,7 @@ import argparse, json
 import torch
 
 from puma_nb.instruct import InstructData, generate_pyramids, instruct_segments
-from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features
+from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features, source_features
 from puma_nb.pyramid import load_encoder, pyramid
 
 ap = argparse.ArgumentParser()
@@ -27,11 +28,11 @@ with torch.no_grad():
     fs = flatten_pyramid(pyramid(enc(torch.stack([it["source"] for it in items]))))
     ft = flatten_pyramid(pyramid(enc(torch.stack([it["image"] for it in items]))))
 changed = ((fs - ft) ** 2).mean(-1) > 0.1  # (n, 341)
-SPANS = {"f1": slice(21, 85), "f0": slice(85, 341)}  # places in the flattened pyramid (f4, f3, f2, f1, f0)
+SPANS = {"f4": slice(0, 1), "f3": slice(1, 5), "f2": slice(5, 21), "f1": slice(21, 85), "f0": slice(85, 341)}  # places in the flattened pyramid
 
 def split_error(pred:torch.Tensor) -> dict:
     e = ((pred - ft) ** 2).mean(-1)
-    return {f"{s}_{part}": round(float(e[:, sl][m[:, sl]].mean()), 3)
+    return {f"{s}_{part}": round(float(e[:, sl][m[:, sl]].mean()), 3) if m[:, sl].any() else None
             for s, sl in SPANS.items() for part, m in (("kept", ~changed), ("changed", changed))}
 
 for folder in args.model:
@@ -44,7 +45,8 @@ for folder in args.model:
         fb, fp = (b["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)
         keep = b["feature_target"]
         parents = parent_features(b["features"], b["feature_index"])[keep]  # read by a parent_skip head (06_mllm)
-        forced = m.predict(h[fb[keep], fp[keep] - 1], parents).view(len(items), 341, -1)  # the hidden state before a token predicts it
+        sources = source_features(b["features"], b["feature_index"], fb, fp, m.parent_skip)[keep]  # read by a source_skip head
+        forced = m.predict(h[fb[keep], fp[keep] - 1], parents, sources).view(len(items), 341, -1)  # the hidden state before a token predicts it
         free = flatten_pyramid(generate_pyramids(m, tok, enc, items, 0))
     print(json.dumps({"model": folder, "image_stride": cfg.image_stride, "teacher_forced": split_error(forced),
                       "free_running": split_error(free)}))

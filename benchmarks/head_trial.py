@@ -1,21 +1,25 @@
 """The MLLM's regression head on trial: pretrain the tiny MLLM (the toy recipe, `cli.pretrain_recipe`, 600 steps as
 the main job) with `parent_skip` and `image_pos` on or off, tune the text-to-image (and optionally the editing) model
 from it with the tiny instruct recipe, and score Table 2 (and Table 3) with a finished run's decoders, as the main job
-does (100 held-out examples, two seeds, DDIM 20, guidance 1). The table in 06_mllm ("Coarse to fine as a residual")
-comes from this script.
+does (100 held-out examples, two seeds, DDIM 20, guidance 1). With `--source-skip 1` the edit and conditional models are
+tuned with `source_skip`. The tables in 06_mllm ("Coarse to fine as a residual", "An edit as its source plus a change")
+come from this script.
 
     python benchmarks/head_trial.py --run runs/toy16 --out runs/ps0 --parent-skip 0 --image-pos 0
     python benchmarks/head_trial.py --run runs/toy16 --out runs/ps1 --parent-skip 1 --image-pos 0 --tasks t2i,edit
     python benchmarks/head_trial.py --run runs/toy16 --out runs/ps2 --parent-skip 1 --image-pos 1
+    python benchmarks/head_trial.py --run runs/toy17 --out runs/ss1 --parent-skip 1 --image-pos 1 --source-skip 1 --tasks edit,conditional
+    python benchmarks/head_trial.py --run runs/toy17 --out runs/ss900 --parent-skip 1 --image-pos 1 --source-skip 1 --tasks edit --steps 900
 
-Needs a `puma-nb toy` run folder (`clip/model`, `decoders`). Reuses what `--out` already holds (a trained stage is
+Needs a `puma-nb toy` run folder (`clip/model`, `decoders`); hard-link its `pretrain` into `--out` to start from its
+pretraining (`mkdir runs/ss1 && cp -al runs/toy17/pretrain runs/ss1/`), as the 06_mllm rows do. Reuses what `--out` already holds (a trained stage is
 skipped), prints each table as JSON and writes them to `<out>/scores.json`. About 10 minutes a task on two CPU cores."""
 import argparse, json, time
 from dataclasses import replace
 from pathlib import Path
 
 from puma_nb.cli import PRESETS, TABLE1_SAMPLING, instruct_recipe, pretrain_recipe
-from puma_nb.instruct import InstructData, edit_table, t2i_table, train_instruct
+from puma_nb.instruct import InstructData, conditional_table, edit_table, t2i_table, train_instruct
 from puma_nb.mllm import load_mllm
 from puma_nb.pretrain import train_pretrain
 from puma_nb.pyramid import load_encoder
@@ -26,7 +30,9 @@ ap.add_argument("--run", default="runs/toy", help="a main-job run folder: its cl
 ap.add_argument("--out", required=True, help="where the models train (reused when finished)")
 ap.add_argument("--parent-skip", type=int, choices=(0, 1), required=True, help="MLLMConfig.parent_skip")
 ap.add_argument("--image-pos", type=int, choices=(0, 1), required=True, help="MLLMConfig.image_pos")
-ap.add_argument("--tasks", default="t2i", help="comma-separated: t2i, edit")
+ap.add_argument("--source-skip", type=int, choices=(0, 1), default=None, help="MLLMConfig.source_skip of the edit and conditional models (default: the recipe's)")
+ap.add_argument("--tasks", default="t2i", help="comma-separated: t2i, edit, conditional")
+ap.add_argument("--steps", type=int, default=None, help="each instruct model's steps (default: the toy preset's, 300)")
 ap.add_argument("--n", type=int, default=100, help="held-out examples per task")
 args = ap.parse_args()
 p, run, out, t0 = PRESETS["toy"], Path(args.run), Path(args.out), time.time()
@@ -44,13 +50,15 @@ enc, Ds, res = load_encoder(str(encp)), load_decoders(run / "decoders"), {}
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):
     cfg = instruct_recipe(task, out / "pretrain" / "model", encp)
-    n = p.instruct_steps[task]
+    n = args.steps or p.instruct_steps[task]
     cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / task), progress=False)
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
+    if args.source_skip is not None and task != "t2i": cfg.source_skip = bool(args.source_skip)
     if not done(out / task): train_instruct(cfg)
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
     if task == "t2i": res[task], _ = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), **sampling)
-    else: res[task], _ = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
+    elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
+    else: res[task], _ = conditional_table(m, tok, enc, Ds[0], items, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
-(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, **res}, indent=1))
+(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, **res}, indent=1))

@@ -7,7 +7,8 @@ scales, learning rate and batch size, each scored on the same held-out ShapesWor
 
 Needs a finished `puma-nb toy` run folder (`pretrain/model` and `clip/model`). Trains with the tiny instruct recipe
 (`cli.instruct_recipe`) unless told otherwise, resumes an unfinished run, reuses a finished one, and prints JSON:
-training seconds and minutes (from the logged throughput), the last answer CE, and the answer accuracy overall and per kind."""
+training seconds and minutes (from the logged throughput), the last answer CE, the answer accuracy overall and per kind,
+and per kind the share of answers that are of the asked kind (`well_formed`)."""
 import argparse, json
 from dataclasses import replace
 from pathlib import Path
@@ -46,4 +47,5 @@ scores = understanding_scores(qa, answer(model, tok, load_encoder(str(enc_dir)),
 print(json.dumps({"questions": args.questions, "steps": args.steps, "batch": cfg.train.batch_size, "scales": list(scales), "lr": cfg.train.lr,
                   "train_seconds": round(seconds, 1), "train_minutes": round(seconds / 60, 1), "last_ce": round(rows[-1]["ce"], 3),
                   "accuracy": scores["accuracy"],
-                  "per_kind": {k: round(v, 3) for k, v in scores["per_kind"].items()}}))
+                  "per_kind": {k: round(v, 3) for k, v in scores["per_kind"].items()},
+                  "well_formed": {k: round(v, 3) for k, v in scores["well_formed"].items()}}))

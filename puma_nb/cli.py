@@ -46,6 +46,7 @@ class Preset:
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
     instruct_steps: dict = field(default_factory=lambda: {"t2i": 300, "edit": 300, "conditional": 300, "understanding": 300})
     table5_steps: int = 300  # each single-scale understanding model of Table 5 (the all-scale one is the instruct model)
+    questions: int = 8  # understanding and Table 5: questions per training picture, as one conversation (`data.questions`, 08_instruct)
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
     qa_n: int = 500  # test questions for understanding and Table 5 (answers are cheap; ±2 points instead of ±5 at 100)
     seed: int = 0  # ShapesWorld seed
@@ -202,12 +203,13 @@ def build_mllms(p:Preset, out:Path) -> dict:
         n = p.instruct_steps[task]
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
         cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
+        if task == "understanding": cfg.data.questions = p.questions
         if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
     for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture
         cfg = instruct_recipe("understanding", out / "pretrain" / "model", enc)
         cfg.train = replace(cfg.train, steps=p.table5_steps, warmup_steps=max(1, p.table5_steps // 20),
                             out_dir=str(out / "instruct" / f"understanding_f{i}"))
-        cfg.data.n_train, cfg.data.seed, cfg.data.input_scales = p.n_train, p.seed, (i,)
+        cfg.data.n_train, cfg.data.seed, cfg.data.input_scales, cfg.data.questions = p.n_train, p.seed, (i,), p.questions
         if not _finished(out / "instruct" / f"understanding_f{i}"): _done(train_instruct(cfg))
     steps["table5"] = p.table5_steps
     return {"steps": steps, "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
@@ -350,7 +352,10 @@ def mllm_report(report:dict) -> list[str]:
              f"{report['eval_info'].get('qa_n', report['eval_info']['n'])} questions); pictures decoded with {report['eval_info']['sampling']}.",
              "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",
              "| kind | " + " | ".join(u["per_kind"]) + " |", "|---|" + "---|" * len(u["per_kind"]),
-             "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |", ""]
+             "| accuracy | " + " | ".join(pct(v) for v in u["per_kind"].values()) + " |"]
+    if "well_formed" in u:  # runs evaluated before it was measured lack it
+        lines += ["| an answer of the asked kind | " + " | ".join(pct(u["well_formed"][k]) if k in u["well_formed"] else "–" for k in u["per_kind"]) + " |"]
+    lines += [""]
     if "pretrain_captions" in report:  # runs evaluated before it was measured lack it
         c = report["pretrain_captions"]
         lines += [f"Before instruct tuning, the pretrained model's image→text captions of the same pictures, read back "

@@ -23,7 +23,7 @@ from .reconstruction import decode_features, survival
 from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
 
 # %% auto #0
-__all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'CONDITIONAL_SCORE', 'InstructData',
+__all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'ANSWER_WORDS', 'CONDITIONAL_SCORE', 'InstructData',
            'instruct_segments', 'chat_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig',
            'InstructRunConfig', 'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images',
            'answer', 'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table',
@@ -157,6 +157,7 @@ class InstructRunConfig:
     task: Literal["t2i", "edit", "conditional", "understanding"] = "t2i"
     init: str = "runs/pretrain/model"  # the pretraining checkpoint (a `save_mllm` folder)
     image_stride: int|None = None      # `MLLMConfig.image_stride` from here on (None: the checkpoint's): pretraining's pictures come one per sequence
+    source_skip: bool|None = None      # `MLLMConfig.source_skip` from here on (None: the checkpoint's): pretraining has no picture made from another
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PAPER_INSTRUCT["t2i"], schedule="cosine", grad_clip=5.0,
                                                                    out_dir="runs/instruct/t2i"))
     loss: LossConfig = field(default_factory=LossConfig)
@@ -201,6 +202,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     seed_everything(cfg.train.seed)
     model, tok, mcfg = load_mllm(cfg.init, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     if cfg.image_stride is not None: mcfg.image_stride = model.image_stride = cfg.image_stride  # saved with the model below
+    if cfg.source_skip is not None: mcfg.source_skip = model.source_skip = cfg.source_skip
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
     ds = instruct_data(cfg)
@@ -262,12 +264,17 @@ def inpaint_restored(item:dict, image:torch.Tensor) -> bool:
     o = next(o for o in tw.Scene.from_dict(item["scene"]).objects if o.position == item["masked"])
     return o in tw.parse(tw.to_image(image)).scene.objects
 
+ANSWER_WORDS = {"color": tuple(tw.COLORS), "shape": tw.SHAPES, "size": tuple(tw.SIZES), "position": tw.POSITIONS,
+                "count": tw.NUMBERS, "background": tuple(tw.BACKGROUNDS), "exists": ("yes", "no")}  # every answer a ShapesWorld question kind can have
+
 def understanding_scores(items:list[dict], answers:list[str]) -> dict:
-    "Exact-match accuracy, overall and per question kind."
+    "Exact-match accuracy, overall and per question kind; and per kind, how often the answer is one its kind can have (`well_formed`)."
     right = [a == it["answer"] for it, a in zip(items, answers)]
     kinds = sorted({it["kind"] for it in items})
+    of = lambda k, xs: [x for x, it in zip(xs, items) if it["kind"] == k]
     return {"accuracy": float(np.mean(right)),
-            "per_kind": {k: float(np.mean([r for r, it in zip(right, items) if it["kind"] == k])) for k in kinds}}
+            "per_kind": {k: float(np.mean(of(k, right))) for k in kinds},
+            "well_formed": {k: float(np.mean([a in ANSWER_WORDS[k] for a in of(k, answers)])) for k in kinds if k in ANSWER_WORDS}}
 
 # %% ../nbs/08_instruct.ipynb #e40dd064
 @torch.no_grad()

@@ -28,8 +28,8 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid', 'unflatten_pyramid', 'Text',
            'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
            'image_position_ids', 'PumaLM', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer', 'scale_shares',
-           'parent_features', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text',
-           'save_mllm', 'load_mllm', 't2i_collate']
+           'parent_features', 'source_places', 'source_features', 'puma_loss', 'build_prompt', 'left_pad',
+           'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -186,6 +186,7 @@ class MLLMConfig:
     image_pos: bool = False           # a learned embedding of each feature token's place (0 … 340), added to input_proj(f)
     image_stride: int = 0             # RoPE distance from one image's `[IMG]` to the next one's; 0 = consecutive positions, as PUMA
     parent_skip: bool = False         # predict each f_i token as its parent in f_{i+1} plus output_proj(h): a residual, coarse to fine; False = PUMA
+    source_skip: bool = False         # predict a picture that follows a whole picture (an edit's source) as that picture plus a residual; False = PUMA
     backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
@@ -237,12 +238,13 @@ class PumaLM(nn.Module):
                  image_stride:int=0, # `MLLMConfig.image_stride`
                  image_tokens:tuple[int, int]|None=None, # the ids of `[IMG]` and `[/IMG]` (needed with `image_stride`)
                  parent_skip:bool=False, # `MLLMConfig.parent_skip`
+                 source_skip:bool=False, # `MLLMConfig.source_skip`
                 ):
         super().__init__()
         if image_stride and image_tokens is None: raise ValueError("image_stride needs the ids of [IMG] and [/IMG] (image_tokens)")
         d = llm.config.hidden_size
         self.llm, self.feat_token_id = llm, feat_token_id
-        self.image_stride, self.image_tokens, self.parent_skip = image_stride, image_tokens, parent_skip
+        self.image_stride, self.image_tokens, self.parent_skip, self.source_skip = image_stride, image_tokens, parent_skip, source_skip
         self.input_proj = nn.Linear(feature_dim, d)
         self.output_proj = nn.Linear(d, feature_dim)
         self.image_pos = nn.Embedding(N_FEATURES, d) if image_pos else None
@@ -263,12 +265,19 @@ class PumaLM(nn.Module):
 
     def predict(self, h:torch.Tensor, # hidden states, each the one before a feature token
                 parents:torch.Tensor|None=None, # those tokens' parents (`parent_features`; zeros for f_4): needed with `parent_skip`
+                sources:torch.Tensor|None=None, # those tokens' source terms (`source_features`; zeros without a source): needed with `source_skip`
                ) -> torch.Tensor:
-        "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`."
+        "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`, plus its source term with `source_skip`."
         f = self.output_proj(h)
-        if not self.parent_skip: return f
-        if parents is None: raise ValueError("this model has parent_skip: pass each predicted token's parent (parent_features)")
-        return f.float() + parents.float()  # the sum in fp32: a bf16 parent would lose its last digits
+        if not (self.parent_skip or self.source_skip): return f
+        f = f.float()  # the sums in fp32: a bf16 parent would lose its last digits
+        if self.parent_skip:
+            if parents is None: raise ValueError("this model has parent_skip: pass each predicted token's parent (parent_features)")
+            f = f + parents.float()
+        if self.source_skip:
+            if sources is None: raise ValueError("this model has source_skip: pass each predicted token's source term (source_features)")
+            f = f + sources.float()
+        return f
 
     def position_ids(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None) -> torch.Tensor:
         "This model's RoPE positions for a whole sequence (`image_position_ids` with its `image_stride`)."
@@ -298,9 +307,9 @@ def build_mllm(cfg:MLLMConfig, tok,
             except OSError as e: raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here") from e
             lc.vocab_size = max(lc.vocab_size, len(tok))
         with torch.device("meta"):
-            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
+            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
     if not cfg.backbone:
-        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
+        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
     try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
@@ -309,12 +318,12 @@ def build_mllm(cfg:MLLMConfig, tok,
     if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
         raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
     if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
-    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip)
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
 
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
     return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None,
-                  model.image_stride, model.image_tokens, model.parent_skip)
+                  model.image_stride, model.image_tokens, model.parent_skip, model.source_skip)
 
 def image_tokens(tok) -> tuple[int, int]:
     "The ids of `[IMG]` and `[/IMG]` in `tok`."
@@ -342,6 +351,28 @@ def parent_features(features:torch.Tensor, # `(N, C)`: a batch's features in pla
     j = torch.arange(len(k), device=k.device) - k + par  # the picture's first token is at j - k
     return torch.where((par >= 0)[:, None], features[j.clamp(0, len(k) - 1)], torch.zeros_like(features))
 
+def source_places(feature_index:torch.Tensor, # `(N,)`: each feature's place in its picture's 341
+                  rows:torch.Tensor, # `(N,)`: the sequence (batch row) each feature sits in
+                  positions:torch.Tensor, # `(N,)`: each feature's position in its sequence
+                 ) -> torch.Tensor:
+    "For each feature, the index (among the N) of the token at its place in the picture just before its own in the same sequence, when that picture is a whole one (341 tokens in a row); -1 otherwise."
+    k, j = feature_index, torch.arange(len(feature_index), device=feature_index.device)
+    a = j - k  # where the feature's own picture starts (a target is a whole picture)
+    b, e = (a - N_FEATURES).clamp(min=0), (a - 1).clamp(min=0)  # the first and last token of the picture before it
+    ok = ((a - N_FEATURES >= 0) & (rows[b] == rows) & (rows[e] == rows) & (k[b] == 0) & (k[e] == N_FEATURES - 1)
+          & (positions[e] - positions[b] == N_FEATURES - 1))  # 341 consecutive tokens: one picture, not two short ones
+    return torch.where(ok, j - N_FEATURES, -1)
+
+def source_features(features:torch.Tensor, # `(N, C)`: a batch's features in placeholder order
+                    feature_index:torch.Tensor, rows:torch.Tensor, positions:torch.Tensor, # as `source_places` reads them
+                    parent_skip:bool=False, # the model's `parent_skip`: subtract the source token's own parent
+                   ) -> torch.Tensor:
+    "Each feature's source term for `source_skip`: the source picture's token at its place (less that token's parent with `parent_skip`), zeros where there is no source: `(N, C)`."
+    if features.numel() == 0: return features
+    src = source_places(feature_index.to(features.device), rows.to(features.device), positions.to(features.device))
+    s = features - parent_features(features, feature_index) if parent_skip else features
+    return torch.where((src >= 0)[:, None], s[src.clamp(min=0)], torch.zeros_like(features))
+
 def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forward runs through the wrapper
               batch:dict,
               alpha:tuple[float, ...]=ALPHA, # α_0 … α_4
@@ -365,7 +396,8 @@ def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forw
     metrics = {"ce": ce.detach()}
     if keep.any():
         parents = parent_features(batch["features"], batch["feature_index"])[keep] if m.parent_skip else None
-        pred = m.predict(prev(fb[keep], fp[keep]), parents).float()
+        sources = source_features(batch["features"], batch["feature_index"], fb, fp, m.parent_skip)[keep] if m.source_skip else None
+        pred = m.predict(prev(fb[keep], fp[keep]), parents, sources).float()
         err = (pred - batch["features"][keep].float()) ** 2
         err = err.mean(-1) if normalize == "weights" else err.sum(-1)
         n_img = keep.sum() / N_FEATURES
@@ -405,6 +437,10 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
     ids, mask, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
     B, pos = len(ids), model.position_ids(ids, mask)
     given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
+    source = torch.zeros(B, N_FEATURES, C, device=dev)  # `source_skip`: the prompt's last picture, when it is a whole one
+    if model.source_skip and given.shape[1] >= N_FEATURES and bool((given_index[:, -N_FEATURES:] == torch.arange(N_FEATURES, device=dev)).all()):
+        source = given[:, -N_FEATURES:].float()
+        if model.parent_skip: source = source - torch.where((PARENT >= 0)[:, None].to(dev), source[:, PARENT.clamp(min=0)], 0)
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
     for k in range(TOKENS_UP_TO[scale]):
@@ -419,7 +455,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
             k_index = torch.cat([given_index, torch.arange(k, device=dev).expand(B, k)], 1).flatten()  # the k-th generated is token k of 341
             h, cache = model(k_ids, k_feats, None if no_pad else k_mask, model.position_ids(k_ids, k_mask), use_cache=use_cache,
                              feature_index=k_index)
-        out.append(model.predict(h[:, -1], out[int(PARENT[k])] if k else torch.zeros(B, C, device=dev)))
+        out.append(model.predict(h[:, -1], out[int(PARENT[k])] if k else torch.zeros(B, C, device=dev), source[:, k]))
     return torch.stack(out, 1)
 
 @torch.no_grad()
@@ -475,7 +511,7 @@ def load_mllm(folder, device="cpu",
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
     with torch.device("meta") if on_meta else nullcontext():
         model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos,
-                       cfg.image_stride, image_tokens(tok), cfg.parent_skip)
+                       cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
     if on_meta: return model, tok, cfg
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=True)
     return model.to(device), tok, cfg

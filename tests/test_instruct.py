@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import numpy as np
 
 from puma_nb import toyworld as tw
 from puma_nb.config import ConfigError, load_config
 from puma_nb.decoder import DecoderConfig, build_decoder
-from puma_nb.instruct import (IMAGE_KEYS, INSTRUCT_TASKS, InstructData, InstructRunConfig, answer, encode_items, generate_images,
+from puma_nb.instruct import (ANSWER_WORDS, IMAGE_KEYS, INSTRUCT_TASKS, InstructData, InstructRunConfig, answer, encode_items, generate_images,
                               inpaint_restored, instruct_collate, instruct_segments, scene_scores, train_instruct,
                               understanding_scores)
 from puma_nb.mllm import MLLMConfig, build_mllm, build_sequence, load_mllm, save_mllm, tiny_tokenizer
@@ -77,6 +78,8 @@ def test_scores_are_exact():
     qa = [InstructData("understanding", 10, "test")[k] for k in range(10)]
     s = understanding_scores(qa, [q["answer"] for q in qa[:5]] + ["nonsense"] * 5)
     assert s["accuracy"] == 0.5 and set(s["per_kind"]) == {q["kind"] for q in qa}
+    assert s["well_formed"] == {k: float(np.mean([j < 5 for j, q in enumerate(qa) if q["kind"] == k])) for k in s["per_kind"]}  # "nonsense" is no kind's answer
+    assert understanding_scores(qa, [ANSWER_WORDS[q["kind"]][0] for q in qa])["well_formed"] == {k: 1.0 for k in s["per_kind"]}
 
 
 def test_generation_shapes():
@@ -107,7 +110,7 @@ def test_instruct_stage_from_its_config_file(tmp_path):
     assert cfg.task == "t2i" and cfg.train.precision == "bf16"
     args = ["--config", str(ROOT / "configs" / "instruct_tiny.yaml"), "task=understanding", f"init={tmp_path / 'pre'}",
             f"data.encoder={tmp_path / 'clip'}", "data.n_train=100", "train.steps=4", "train.warmup_steps=1", "train.batch_size=4",
-            "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}", "data.questions=3"]
+            "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}", "data.questions=3", "source_skip=true"]
     r = subprocess.run([sys.executable, "-m", "puma_nb.train", *args], capture_output=True, text=True,
                        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -116,6 +119,7 @@ def test_instruct_stage_from_its_config_file(tmp_path):
     model, tok, mcfg = load_mllm(tmp_path / "und" / "model")
     before, _, pre_cfg = load_mllm(tmp_path / "pre")
     assert pre_cfg.image_stride == 0 and mcfg.image_stride == model.image_stride == cfg.image_stride == 384  # the config's, saved
+    assert not pre_cfg.source_skip and mcfg.source_skip and model.source_skip  # turned on at instruct time, saved
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
     assert changed and "output_proj.weight" not in changed  # the regression head gets no gradient from answers
 

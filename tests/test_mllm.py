@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM
 from puma_nb.mllm import (ALPHA, N_FEATURES, SCALE_ORDER, TOKENIZER_DIR, Image, MLLMConfig, PumaLM, Text, build_mllm,
                           build_prompt, build_sequence, build_tokenizer, collate_sequences, flatten_pyramid, generate_features,
                           generate_text, image_position_ids, image_tokens, llama_config, load_mllm, puma_loss, save_mllm,
-                          scale_shares, shapesworld_words, select_scales, tiny_tokenizer, unflatten_pyramid)
+                          scale_index, scale_shares, shapesworld_words, select_scales, source_places, tiny_tokenizer, unflatten_pyramid)
 from puma_nb.pyramid import SCALES
 from puma_nb import toyworld as tw
 
@@ -88,10 +88,11 @@ def test_eq2_weights_and_normalisation(tok):
     assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
 
 
-@pytest.mark.parametrize("image_pos,image_stride,parent_skip", [(False, 0, False), (True, 0, False), (False, 400, False), (True, 400, True)])
-def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride, parent_skip):
+@pytest.mark.parametrize("image_pos,image_stride,parent_skip,source_skip",
+                         [(False, 0, False, False), (True, 0, False, False), (False, 400, False, False), (True, 400, True, False), (True, 400, True, True)])
+def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride, parent_skip, source_skip):
     torch.manual_seed(0)
-    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride, parent_skip=parent_skip), tok).eval()
+    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride, parent_skip=parent_skip, source_skip=source_skip), tok).eval()
     if image_pos: torch.nn.init.normal_(m.image_pos.weight)  # zero at init: give each place its own vector, so the test can fail
     prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
                build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
@@ -122,7 +123,7 @@ def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
     b = collate_sequences([build_sequence(tok, [Text(w), Image(g, target=True)]) for w, g in zip(words, gen)], tok.pad_token_id)
     seen = {}
     orig = m.predict
-    m.predict = lambda h, parents: seen.setdefault("pred", orig(h, parents))
+    m.predict = lambda h, parents, sources: seen.setdefault("pred", orig(h, parents, sources))
     with torch.no_grad(): _, parts = puma_loss(m, b)
     del m.predict
     assert torch.allclose(seen["pred"].view(2, 341, 64), gen, atol=1e-4) and all(float(parts[f"mse_f{i}"]) < 1e-7 for i in range(5))
@@ -133,6 +134,40 @@ def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
     save_mllm(m, tok, cfg, tmp_path / "m")
     m2, _, cfg2 = load_mllm(tmp_path / "m")
     assert cfg2.parent_skip and m2.parent_skip and not build_mllm(MLLMConfig(), tok).parent_skip
+
+
+@pytest.mark.parametrize("parent_skip", [False, True])
+def test_source_skip_generates_what_the_loss_predicts(tok, tmp_path, parent_skip):
+    "An edit's target is its source plus a residual: the loss and generation read the same source terms, and a zero head copies."
+    torch.manual_seed(0)
+    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, image_stride=400, parent_skip=parent_skip, source_skip=True)
+    m = build_mllm(cfg, tok).eval()
+    src = [flatten_pyramid(pyr(seed=s)) for s in (0, 1)]
+    words = ["remove the red circle", "change the color of the cyan circle to green"]
+    gen = generate_features(m, [build_prompt(tok, [Image(f), Text(w)], open_image=True) for f, w in zip(src, words)], tok.pad_token_id)
+    b = collate_sequences([build_sequence(tok, [Image(f), Text(w), Image(g, target=True)]) for f, w, g in zip(src, words, gen)], tok.pad_token_id)
+    seen, orig = {}, m.predict
+    m.predict = lambda h, parents, sources: seen.setdefault("pred", orig(h, parents, sources))
+    with torch.no_grad(): _, parts = puma_loss(m, b)
+    del m.predict
+    assert torch.allclose(seen["pred"].view(2, 341, 64), gen, atol=1e-4) and all(float(parts[f"mse_f{i}"]) < 1e-7 for i in range(5))
+    # with the head at zero an edit copies its source, with or without the parent skip
+    torch.nn.init.zeros_(m.output_proj.weight); torch.nn.init.zeros_(m.output_proj.bias)
+    copy = generate_features(m, [build_prompt(tok, [Image(src[0]), Text(words[0])], open_image=True)], tok.pad_token_id)[0]
+    assert torch.allclose(copy, src[0], atol=1e-5)
+    # a picture with no whole picture before it in its sequence (text-to-image, or after a picture of fewer scales) has no source
+    t2i = generate_features(m, [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True)], tok.pad_token_id)[0]
+    assert float(t2i.abs().max()) < 1e-6
+    idx = torch.cat([scale_index((4, 3, 2, 1)), scale_index((0,)), torch.arange(341)])  # two short pictures of 85 + 256 tokens, then a whole one
+    rows, pos = torch.zeros(len(idx), dtype=torch.long), torch.cat([torch.arange(85), torch.arange(256) + 90, torch.arange(341) + 400])
+    assert (source_places(idx, rows, pos) == -1).all()
+    pos2 = torch.cat([torch.arange(341), torch.arange(341) + 400])
+    idx2 = torch.cat([torch.arange(341)] * 2)
+    assert torch.equal(source_places(idx2, rows[:682] * 0, pos2)[341:], torch.arange(341))
+    assert (source_places(idx2, torch.cat([torch.zeros(341), torch.ones(341)]).long(), pos2) == -1).all()  # another sequence's picture
+    save_mllm(m, tok, cfg, tmp_path / "m")
+    m2, _, cfg2 = load_mllm(tmp_path / "m")
+    assert cfg2.source_skip and m2.source_skip and not build_mllm(MLLMConfig(), tok).source_skip
 
 
 def test_save_and_load(tok, tmp_path):
