@@ -438,7 +438,9 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
     B, pos = len(ids), model.position_ids(ids, mask)
     given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
     source = torch.zeros(B, N_FEATURES, C, device=dev)  # `source_skip`: the prompt's last picture, when it is a whole one
-    if model.source_skip and given.shape[1] >= N_FEATURES and bool((given_index[:, -N_FEATURES:] == torch.arange(N_FEATURES, device=dev)).all()):
+    at = (ids == model.feat_token_id).nonzero()[:, 1].view(B, -1)  # each prompt feature's position in its row
+    if (model.source_skip and given.shape[1] >= N_FEATURES and bool((given_index[:, -N_FEATURES:] == torch.arange(N_FEATURES, device=dev)).all())
+            and bool((at[:, -1] - at[:, -N_FEATURES] == N_FEATURES - 1).all())):  # 341 consecutive tokens, as `source_places` asks
         source = given[:, -N_FEATURES:].float()
         if model.parent_skip: source = source - torch.where((PARENT >= 0)[:, None].to(dev), source[:, PARENT.clamp(min=0)], 0)
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster

@@ -158,6 +158,8 @@ def test_source_skip_generates_what_the_loss_predicts(tok, tmp_path, parent_skip
     # a picture with no whole picture before it in its sequence (text-to-image, or after a picture of fewer scales) has no source
     t2i = generate_features(m, [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True)], tok.pad_token_id)[0]
     assert float(t2i.abs().max()) < 1e-6
+    short = [Image(select_scales(src[0], (4, 3, 2, 1)), scales=(4, 3, 2, 1)), Image(select_scales(src[0], (0,)), scales=(0,)), Text(words[0])]
+    assert float(generate_features(m, [build_prompt(tok, short, open_image=True)], tok.pad_token_id).abs().max()) < 1e-6
     idx = torch.cat([scale_index((4, 3, 2, 1)), scale_index((0,)), torch.arange(341)])  # two short pictures of 85 + 256 tokens, then a whole one
     rows, pos = torch.zeros(len(idx), dtype=torch.long), torch.cat([torch.arange(85), torch.arange(256) + 90, torch.arange(341) + 400])
     assert (source_places(idx, rows, pos) == -1).all()
