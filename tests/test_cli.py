@@ -61,6 +61,9 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert set(report["conditional"]) == {"canny", "inpaint", "colorize"} and 0 <= report["understanding"]["accuracy"] <= 1
     assert list(report["table5"]) == ["f4", "f3", "f2", "f1", "f0", "all"] and report["table5"]["all"] == report["understanding"]["accuracy"]
     assert all((out / "instruct" / f"understanding_f{i}" / "model" / "model.safetensors").exists() for i in range(5))
+    tuned = [json.loads((out / "instruct" / d / "config.json").read_text())["data"] for d in ["understanding"] + [f"understanding_f{i}" for i in range(5)]]
+    assert [c["questions"] for c in tuned] == [8] * 6 and [c["input_scales"] for c in tuned[1:]] == [[i] for i in range(5)]  # Preset.questions
+    assert "an answer of the asked kind" in (out / "REPORT.md").read_text() and set(report["understanding"]["well_formed"]) <= set(report["understanding"]["per_kind"])
     text = (out / "REPORT.md").read_text()
     assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "## Table 5", "### Understanding", "## Conditional generation"))
     assert all((out / f).exists() for f in ("figure3.png", "figure6.png", "figure9.png", "figure10.png", "figure_conditional.png"))

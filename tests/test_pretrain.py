@@ -63,12 +63,17 @@ def test_pretrain_stage_from_its_config_file_resumes_exactly(tmp_path):
     assert not (tmp_path / "b" / "model").exists()  # a stopped stage exports no model: the main job would take it for done
     r = run(tmp_path / "b"); assert r.returncode == 0, r.stderr[-2000:]
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    assert [x["loss"] for x in a] == [x["loss"] for x in b] and len(a) == 6
-    assert {"ce", "mse_f0", "mse_f4", "lr_1"} <= set(a[0])
+    assert len(a) == len(b) == 6 and {"ce", "mse_f0", "mse_f4", "lr_1"} <= set(a[0])
+    assert [(x["lr"], x["lr_1"]) for x in a] == [(x["lr"], x["lr_1"]) for x in b]  # the schedule resumes at its step
+    # Two processes running the same steps agree to the last bit nearly always, but not always: CI has twice seen the
+    # *uninterrupted* steps differ by ~1e-5 (CPU kernels whose summation order can change between processes), so
+    # losses and weights are compared to 1e-4. A resume that lost the data order, the optimizer's moments or the
+    # schedule moves them by far more (tests/test_training.py checks the exact resume in one process).
+    assert all(abs(x["loss"] - y["loss"]) <= 1e-4 * abs(x["loss"]) for x, y in zip(a, b)), ([x["loss"] for x in a], [x["loss"] for x in b])
     m, tok, mc = load_mllm(tmp_path / "a" / "model")
     assert mc.hidden_size == 64 and len(tok) == len(tiny_tokenizer())
     ma, _, _ = load_mllm(tmp_path / "b" / "model")
-    assert all(torch.equal(x, y) for x, y in zip(m.state_dict().values(), ma.state_dict().values()))
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(m.state_dict().values(), ma.state_dict().values()))
 
 
 def test_caption_scores_reads_back_what_the_model_writes(monkeypatch):
