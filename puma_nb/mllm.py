@@ -442,7 +442,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
     if (model.source_skip and given.shape[1] >= N_FEATURES and bool((given_index[:, -N_FEATURES:] == torch.arange(N_FEATURES, device=dev)).all())
             and bool((at[:, -1] - at[:, -N_FEATURES] == N_FEATURES - 1).all())):  # 341 consecutive tokens, as `source_places` asks
         source = given[:, -N_FEATURES:].float()
-        if model.parent_skip: source = source - torch.where((PARENT >= 0)[:, None].to(dev), source[:, PARENT.clamp(min=0)], 0)
+        if model.parent_skip: source = source - parent_features(source.flatten(0, 1), torch.arange(N_FEATURES, device=dev).repeat(B)).view(B, N_FEATURES, C)
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
     for k in range(TOKENS_UP_TO[scale]):
