@@ -56,7 +56,7 @@ def test_pretrain_stage_from_its_config_file_resumes_exactly(tmp_path):
             "train.steps=6", "train.warmup_steps=2", "train.batch_size=4", "train.log_every=1", "train.progress=false", "model.hidden_size=64",
             "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
     run = lambda out, *extra: subprocess.run([sys.executable, "-m", "puma_nb.train", *args, f"train.out_dir={out}", *extra],
-                                             capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                                             capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     r = run(tmp_path / "a")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run(tmp_path / "b", "train.stop_after=3"); assert r.returncode == 0, r.stderr[-2000:]
