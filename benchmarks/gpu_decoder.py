@@ -19,6 +19,9 @@ Variants, each a fresh model built with the same seed, timed one after the other
                    the level-2 blocks (16x16 tokens, 1280 wide) are small, so eager launches and unfused
                    LayerNorm/GEGLU/residual kernels are expected to cost the most there
   ours_compiled_blocks  ours_compiled plus the 17 ResnetBlock2Ds (12 more graphs; skipped by the time guard if short)
+  ours_compiled_unet  ours_eager_cast, channels_last, diffusers' fuse_qkv_projections() (one matmul for q, k, v in
+                   self-attention, one for k, v in cross-attention) and the whole UNet compiled: the up/down samplers,
+                   skip concatenations and time embedding fuse too
 
 On the lent GPU (about 2 minutes on an H100, compilation included), best through benchmarks/gpu_check.sh, which
 first installs the wheels benchmarks/gpu_wheels.sh fetched (the machine's image has no diffusers):
@@ -41,16 +44,18 @@ from diffusers import UNet2DConditionModel
 from puma_nb.decoder import SDXL_UNET, Decoder, DecoderConfig, build_decoder, decoder_loss, make_scheduler
 from puma_nb.pyramid import SCALES
 
-VARIANTS = ("plain", "ours_eager", "ours_eager_cast", "ours_compiled", "ours_compiled_blocks")
+VARIANTS = ("plain", "ours_eager", "ours_eager_cast", "ours_compiled", "ours_compiled_blocks", "ours_compiled_unet")
 COMPILED = {"ours_compiled": ("BasicTransformerBlock",),  # the blocks compiled one by one (regional compilation)
-            "ours_compiled_blocks": ("BasicTransformerBlock", "ResnetBlock2D")}
-MIN_LEFT = {"ours_compiled": 45, "ours_compiled_blocks": 60}  # seconds a variant needs left of --max-seconds to start (compilation included)
+            "ours_compiled_blocks": ("BasicTransformerBlock", "ResnetBlock2D"),
+            "ours_compiled_unet": ("UNet2DConditionModel",)}  # the whole UNet in one compile (graph breaks allowed)
+MIN_LEFT = {"ours_compiled": 45, "ours_compiled_blocks": 60, "ours_compiled_unet": 90}  # seconds a variant needs left of --max-seconds to start (compilation included)
 DESCRIPTIONS = {
     "plain": "diffusers UNet2DConditionModel(SDXL config), bf16 inputs, encoder_hidden_states (B, 256, 2048), epsilon MSE",
     "ours_eager": "Decoder + decoder_loss as in puma_nb.decoder, under torch.autocast(bf16) (needed: fp32 noisy latents)",
     "ours_eager_cast": "the same with Decoder.forward casting z_t and f to the UNet's dtype (proposed), no autocast",
     "ours_compiled": "ours_eager_cast + channels_last + every BasicTransformerBlock torch.compile'd (2 graphs at 512 px)",
-    "ours_compiled_blocks": "ours_compiled + every ResnetBlock2D compiled too (12 more graphs at 512 px)"}
+    "ours_compiled_blocks": "ours_compiled + every ResnetBlock2D compiled too (12 more graphs at 512 px)",
+    "ours_compiled_unet": "ours_eager_cast + channels_last + fused QKV projections + the whole UNet torch.compile'd as one module"}
 TINY_UNET = {**SDXL_UNET, "sample_size": 8, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
              "transformer_layers_per_block": (1, 1, 1), "attention_head_dim": (2, 4, 4), "cross_attention_dim": 64,
              "norm_num_groups": 16}  # SDXL's block structure, small
@@ -131,6 +136,7 @@ def main(argv=None):
         fwd_flops = _gpu.count_forward_flops(fwd, dev)  # eager, before any compilation
         if name in COMPILED:
             model.unet.to(memory_format=torch.channels_last)
+            if name == "ours_compiled_unet": model.unet.fuse_qkv_projections()
             mode = None if args.compile_mode == "default" else args.compile_mode
             for m in model.unet.modules():  # one static graph per distinct input shape, shared by the blocks of that shape
                 if type(m).__name__ in COMPILED[name]: m.compile(backend=args.compile_backend, mode=mode, dynamic=False)

@@ -233,7 +233,9 @@ def main(argv=None):
 
         r = {}
         if name in ("plain", "ours_eager"):  # the analytic count against torch's (forward only; lookups, norms are not matmuls)
-            r["forward_flops_counted_over_analytic"] = round(_gpu.count_forward_flops(fwd, dev) / (flops / 3), 4)
+            try: r["forward_flops_counted_over_analytic"] = round(_gpu.count_forward_flops(fwd, dev) / (flops / 3), 4)
+            except AssertionError as e:  # torch 2.11's FlopCounterMode cannot count SDPA with grouped KV heads (enable_gqa) on the GPU
+                r["forward_flops_counted_over_analytic"] = f"not counted: {e}"
         torch.manual_seed(args.seed)
         r.update(_gpu.time_steps(step, dev, args.warmup, args.steps, deadline))
         r["tokens_per_s"] = round(B * S / r["step_s"], 1)

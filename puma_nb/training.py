@@ -22,10 +22,10 @@ from .config import ConfigError, to_dict
 # %% auto #0
 __all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
            'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed',
-           'StepBatches', 'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint', 'save_checkpoint',
-           'load_checkpoint', 'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot',
-           'FitResult', 'trained_model', 'exports', 'fit', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig',
-           'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
+           'StepBatches', 'compile_block', 'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint',
+           'save_checkpoint', 'load_checkpoint', 'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics',
+           'save_loss_plot', 'FitResult', 'trained_model', 'exports', 'fit', 'ProbeModelConfig', 'ProbeDataConfig',
+           'ProbeRunConfig', 'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -66,6 +66,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several ranks: DDP replicates the model; FSDP2 shards it (ZeRO-3)
     fsdp_blocks: tuple[str, ...] = FSDP_BLOCKS  # module classes sharded (and checkpointed) one by one
     activation_checkpointing: bool = False  # recompute each `fsdp_blocks` module's activations in the backward
+    compile: bool = False            # torch.compile each `fsdp_blocks` module's forward (a GPU speed-up; see 11_scaling)
     progress: bool = True            # show a progress bar (rank 0)
     out_dir: str = "runs/train"      # checkpoints, metrics.jsonl, loss.png
 
@@ -223,16 +224,28 @@ def _blocks(model:nn.Module, names) -> list[nn.Module]:
             out.append(m); taken.append(path)
     return out
 
+def compile_block(b:nn.Module, # one of the model's `fsdp_blocks`
+                  checkpointed:bool=False, # recompute its activations in the backward, inside the compiled function
+                 ):
+    "Replace `b.forward` by a `torch.compile`d function (parameter names unchanged); `checkpointed` runs it under `torch.utils.checkpoint`."
+    forward = b.forward
+    def run(*args, **kwargs):
+        if checkpointed: return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+    b.forward = torch.compile(run)
+
 def shard_model(model:nn.Module, # the model, on its device
-                cfg:TrainConfig, # `parallel`, `fsdp_blocks`, `activation_checkpointing`, `precision`
+                cfg:TrainConfig, # `parallel`, `fsdp_blocks`, `activation_checkpointing`, `compile`, `precision`
                 d:Dist, # where this process sits
                ) -> nn.Module:
-    "Apply activation checkpointing and (FSDP2 with several ranks) `fully_shard` to every block, then the root."
+    "Apply activation checkpointing, compilation and (FSDP2 with several ranks) `fully_shard` to every block, then the root."
     blocks = _blocks(model, cfg.fsdp_blocks)
-    if (cfg.activation_checkpointing or cfg.parallel == "fsdp") and not blocks:
+    if (cfg.activation_checkpointing or cfg.compile or cfg.parallel == "fsdp") and not blocks:
         raise ConfigError(f"no module of {model.__class__.__name__} is one of fsdp_blocks {list(cfg.fsdp_blocks)}; "
                           "name its repeated block class there")
-    if cfg.activation_checkpointing:
+    if cfg.compile:
+        for b in blocks: compile_block(b, cfg.activation_checkpointing)
+    elif cfg.activation_checkpointing:
         from torch.distributed._composable import checkpoint
         for b in blocks: checkpoint(b)
     if cfg.parallel == "fsdp" and d.world_size > 1:
@@ -290,7 +303,7 @@ def _quiet():
 
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "ckpt_every", "keep_ckpts", "stop_after", "resume",
                   "num_workers", "progress", "out_dir", "device", "micro_batch_size",
-                  "parallel", "fsdp_blocks", "activation_checkpointing"}  # may change between invocations
+                  "parallel", "fsdp_blocks", "activation_checkpointing", "compile"}  # may change between invocations
 
 def _write_atomic(path:Path, text:str):
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -30,6 +30,7 @@ def test_full_config_builds_on_meta_and_states_its_cost(path):
     hours = float(re.search(r"Expected time: ~([\d.]+) h", text).group(1))
     assert hours == r["expected_hours"], f"{path.name}: the header says {hours} h, the estimate is now {r['expected_hours']} h"
     assert cfg.train.precision == "bf16" and cfg.train.parallel == "fsdp" and cfg.train.activation_checkpointing
+    assert cfg.train.compile == (not isinstance(cfg, DecoderRunConfig))  # measured for the MLLM's layers only
     for w in (8, gpus):  # the paper's global batch from one node or from the header's GPUs, by accumulation
         m, A = cfg.train.accumulation(w)
         assert m * A * w == cfg.train.batch_size
