@@ -27,9 +27,9 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'FEATURE_SCALE', 'PARENT', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
            'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid', 'unflatten_pyramid', 'Text',
            'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
-           'image_position_ids', 'PumaLM', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer', 'scale_shares',
-           'parent_features', 'source_places', 'source_features', 'puma_loss', 'build_prompt', 'left_pad',
-           'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer',
+           'scale_shares', 'parent_features', 'source_places', 'source_features', 'puma_loss', 'build_prompt',
+           'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -295,6 +295,14 @@ class PumaLM(nn.Module):
                              position_ids=position_ids, cache=cache, use_cache=use_cache)
         return out.last_hidden_state, out.cache
 
+def puma_lm(llm:LlamaForCausalLM, # the backbone
+            cfg:MLLMConfig, # its feature width and the optional heads (`image_pos`, `image_stride`, `parent_skip`, `source_skip`)
+            tok, # the tokenizer: the ids of `<feat>`, `[IMG]` and `[/IMG]`
+           ) -> PumaLM:
+    "`llm` in a PumaLM as `cfg` and `tok` describe it: the one place that maps a config onto `PumaLM`'s arguments."
+    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), image_pos=cfg.image_pos, image_stride=cfg.image_stride,
+                  image_tokens=image_tokens(tok), parent_skip=cfg.parent_skip, source_skip=cfg.source_skip)
+
 def build_mllm(cfg:MLLMConfig, tok,
                on_meta:bool=False, # the shape only, on the `meta` device, reading no weights (FSDP ranks > 0: see `place_model`)
               ) -> PumaLM:
@@ -307,9 +315,9 @@ def build_mllm(cfg:MLLMConfig, tok,
             except OSError as e: raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here") from e
             lc.vocab_size = max(lc.vocab_size, len(tok))
         with torch.device("meta"):
-            return PumaLM(LlamaForCausalLM(lc), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
+            return puma_lm(LlamaForCausalLM(lc), cfg, tok)
     if not cfg.backbone:
-        return PumaLM(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
+        return puma_lm(LlamaForCausalLM(llama_config(cfg, len(tok))), cfg, tok)
     try: llm = LlamaForCausalLM.from_pretrained(cfg.backbone, torch_dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"model.backbone {cfg.backbone!r} is not available here (no hub access?): download it and "
@@ -318,12 +326,12 @@ def build_mllm(cfg:MLLMConfig, tok,
     if cfg.kind != "tiny" and llm.config.hidden_size != want.hidden_size:
         raise ConfigError(f"model.backbone {cfg.backbone!r} is {llm.config.hidden_size} wide, not the {cfg.kind} shape ({want.hidden_size})")
     if llm.config.vocab_size < len(tok): llm.resize_token_embeddings(len(tok), mean_resizing=True)  # PUMA's added tokens
-    return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos, cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
+    return puma_lm(llm, cfg, tok)
 
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
-    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, model.image_pos is not None,
-                  model.image_stride, model.image_tokens, model.parent_skip, model.source_skip)
+    return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, image_pos=model.image_pos is not None,
+                  image_stride=model.image_stride, image_tokens=model.image_tokens, parent_skip=model.parent_skip, source_skip=model.source_skip)
 
 def image_tokens(tok) -> tuple[int, int]:
     "The ids of `[IMG]` and `[/IMG]` in `tok`."
@@ -512,8 +520,7 @@ def load_mllm(folder, device="cpu",
     meta = json.loads((folder / "config.json").read_text())
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
     with torch.device("meta") if on_meta else nullcontext():
-        model = PumaLM(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), cfg.image_pos,
-                       cfg.image_stride, image_tokens(tok), cfg.parent_skip, cfg.source_skip)
+        model = puma_lm(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg, tok)
     if on_meta: return model, tok, cfg
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=True)
     return model.to(device), tok, cfg
