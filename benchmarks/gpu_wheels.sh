@@ -2,7 +2,7 @@
 # Run HERE, before the GPU call (not on the lent machine, which cannot reach a registry): fetch into .whl/ the Python
 # packages its image lacks or has at other versions (it has torch 2.11, transformers 5.17 and no diffusers or open_clip;
 # puma_nb needs transformers 5.24's `cache=` API). About 23 MB; .whl/ is ignored through .git/info/exclude.
-# Then: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=560)
+# Then: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXCLUDE=$(git rev-parse --git-path info/exclude)
