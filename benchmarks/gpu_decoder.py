@@ -182,7 +182,8 @@ def main(argv=None):
         _gpu.write(result, args.out)
 
     v = result["variants"]
-    for k, ref in (("ours_eager_cast", "ours_eager"), ("ours_compiled", "ours_eager_cast"), ("ours_compiled_blocks", "ours_eager_cast")):  # same weights, same draws
+    for k, ref in (("ours_eager_cast", "ours_eager"), ("ours_compiled", "ours_eager_cast"), ("ours_compiled_blocks", "ours_eager_cast"),
+                   ("ours_compiled_unet", "ours_eager_cast")):  # same weights, same draws
         a, b = v.get(k, {}).get("first_loss"), v.get(ref, {}).get("first_loss")
         if a is not None and b is not None: v[k][f"first_loss_rel_diff_vs_{ref}"] = round(abs(a - b) / max(abs(b), 1e-12), 5)
     result["elapsed_s"] = round(time.monotonic() - t_start, 1)
