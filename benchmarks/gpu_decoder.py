@@ -22,6 +22,9 @@ Variants, each a fresh model built with the same seed, timed one after the other
   ours_compiled_unet  ours_eager_cast, channels_last, diffusers' fuse_qkv_projections() (one matmul for q, k, v in
                    self-attention, one for k, v in cross-attention) and the whole UNet compiled: the up/down samplers,
                    skip concatenations and time embedding fuse too
+  fit_amp          what the library's `fit` itself runs on one GPU (`train.precision: bf16`): fp32 weights and fp32
+                   fused AdamW states (2.6B parameters: about 42 GB), decoder_loss under torch.autocast(bf16)
+  fit_amp_compiled fit_amp with `train.compile: true`, applied by `shard_model` as `fit` applies it
 
 On the lent GPU (about 2 minutes on an H100, compilation included), best through benchmarks/gpu_check.sh, which
 first installs the wheels benchmarks/gpu_wheels.sh fetched (the machine's image has no diffusers):
@@ -43,19 +46,25 @@ from diffusers import UNet2DConditionModel
 
 from puma_nb.decoder import SDXL_UNET, Decoder, DecoderConfig, build_decoder, decoder_loss, make_scheduler
 from puma_nb.pyramid import SCALES
+from puma_nb.training import Dist, TrainConfig, shard_model
 
-VARIANTS = ("plain", "ours_eager", "ours_eager_cast", "ours_compiled", "ours_compiled_blocks", "ours_compiled_unet")
+VARIANTS = ("plain", "ours_eager", "ours_eager_cast", "ours_compiled", "ours_compiled_blocks", "ours_compiled_unet",
+            "fit_amp", "fit_amp_compiled")
+FIT = {"fit_amp", "fit_amp_compiled"}  # what `fit` runs on one GPU with precision: bf16: fp32 weights and AdamW, autocast
 COMPILED = {"ours_compiled": ("BasicTransformerBlock",),  # the blocks compiled one by one (regional compilation)
             "ours_compiled_blocks": ("BasicTransformerBlock", "ResnetBlock2D"),
-            "ours_compiled_unet": ("UNet2DConditionModel",)}  # the whole UNet in one compile (graph breaks allowed)
-MIN_LEFT = {"ours_compiled": 45, "ours_compiled_blocks": 60, "ours_compiled_unet": 90}  # seconds a variant needs left of --max-seconds to start (compilation included)
+            "ours_compiled_unet": ("UNet2DConditionModel",),
+            "fit_amp_compiled": ()}  # compiled by the library's own TrainConfig(compile=True) (its fsdp_blocks: the UNet stages)  # the whole UNet in one compile (graph breaks allowed)
+MIN_LEFT = {"ours_compiled": 45, "ours_compiled_blocks": 60, "ours_compiled_unet": 90, "fit_amp_compiled": 90}  # seconds a variant needs left of --max-seconds to start (compilation included)
 DESCRIPTIONS = {
     "plain": "diffusers UNet2DConditionModel(SDXL config), bf16 inputs, encoder_hidden_states (B, 256, 2048), epsilon MSE",
     "ours_eager": "Decoder + decoder_loss as in puma_nb.decoder, under torch.autocast(bf16) (needed: fp32 noisy latents)",
     "ours_eager_cast": "the same with Decoder.forward casting z_t and f to the UNet's dtype (proposed), no autocast",
     "ours_compiled": "ours_eager_cast + channels_last + every BasicTransformerBlock torch.compile'd (2 graphs at 512 px)",
     "ours_compiled_blocks": "ours_compiled + every ResnetBlock2D compiled too (12 more graphs at 512 px)",
-    "ours_compiled_unet": "ours_eager_cast + channels_last + fused QKV projections + the whole UNet torch.compile'd as one module"}
+    "ours_compiled_unet": "ours_eager_cast + channels_last + fused QKV projections + the whole UNet torch.compile'd as one module",
+    "fit_amp": "puma_nb's fit on one GPU with precision bf16: fp32 weights, fp32 fused AdamW states, decoder_loss under autocast",
+    "fit_amp_compiled": "fit_amp + TrainConfig(compile=True) through puma_nb.training.shard_model (each UNet stage compiled)"}
 TINY_UNET = {**SDXL_UNET, "sample_size": 8, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
              "transformer_layers_per_block": (1, 1, 1), "attention_head_dim": (2, 4, 4), "cross_attention_dim": 64,
              "norm_num_groups": 16}  # SDXL's block structure, small
@@ -98,7 +107,8 @@ def main(argv=None):
     notes = []
     result = {"benchmark": "gpu_decoder: PUMA's decoder D_0 training step at the SDXL shape vs a plain diffusers UNet step",
               **_gpu.device_info(dev), "tiny": args.tiny, "peak_flops": peak, "peak_source": peak_src, "shape": {},
-              "precision": "bf16 parameters, gradients and AdamW(fused=True) states (no fp32 master weights); MSE in fp32; "
+              "precision": "bf16 parameters, gradients and AdamW(fused=True) states (no fp32 master weights), except fit_amp*: "
+                           "fp32 parameters and AdamW states under torch.autocast(bf16), as fit trains; MSE in fp32; "
                            "ours_eager under torch.autocast(bf16) as decoder_loss needs; SDPA attention (flash on the GPU)",
               "flops_convention": "FlopCounterMode on one forward at batch 1 (convolutions, matmuls, SDPA attention counted "
                                   "in full), times the batch; training = 3 x forward; norms and elementwise work not counted",
@@ -112,7 +122,7 @@ def main(argv=None):
     def bench(name, B):
         z0, f, h = data["z0"][:B], data["f"][:B], data["h"][:B]
         torch.manual_seed(args.seed)  # every variant starts from the same weights
-        with _gpu.building(dev): dec = build(args.tiny)
+        with _gpu.building(dev, torch.float32 if name in FIT else torch.bfloat16): dec = build(args.tiny)
         if name == "plain":
             model = dec.unet; del dec
             z0b, hb = z0.to(torch.bfloat16), h.to(torch.bfloat16)
@@ -125,8 +135,8 @@ def main(argv=None):
             fwd = lambda: model(z0b[:1], torch.tensor([500], device=dev), encoder_hidden_states=hb[:1])
         else:
             model = dec
-            if name != "ours_eager": model.__class__ = CastDecoder  # the proposed Decoder.forward, on the same module
-            amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if name == "ours_eager" else contextlib.nullcontext
+            if name not in FIT | {"ours_eager"}: model.__class__ = CastDecoder  # the proposed Decoder.forward, on the same module
+            amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if name in FIT | {"ours_eager"} else contextlib.nullcontext
 
             def loss_fn():
                 with amp(): return decoder_loss(model, z0, f, data["f_null"], sch)
@@ -134,7 +144,9 @@ def main(argv=None):
             def fwd():
                 with amp(): return model(z0[:1], torch.tensor([500], device=dev), f[:1])
         fwd_flops = _gpu.count_forward_flops(fwd, dev)  # eager, before any compilation
-        if name in COMPILED:
+        if name == "fit_amp_compiled":  # the library's own path: TrainConfig.compile applied by shard_model, as fit does
+            shard_model(model, TrainConfig(compile=True), Dist(device=dev))
+        elif name in COMPILED:
             model.unet.to(memory_format=torch.channels_last)
             if name == "ours_compiled_unet": model.unet.fuse_qkv_projections()
             mode = None if args.compile_mode == "default" else args.compile_mode
@@ -182,7 +194,7 @@ def main(argv=None):
         _gpu.write(result, args.out)
 
     v = result["variants"]
-    for k, ref in (("ours_eager_cast", "ours_eager"), ("ours_compiled", "ours_eager_cast"), ("ours_compiled_blocks", "ours_eager_cast"),
+    for k, ref in (("ours_eager_cast", "ours_eager"), ("fit_amp", "ours_eager"), ("fit_amp_compiled", "fit_amp"), ("ours_compiled", "ours_eager_cast"), ("ours_compiled_blocks", "ours_eager_cast"),
                    ("ours_compiled_unet", "ours_eager_cast")):  # same weights, same draws
         a, b = v.get(k, {}).get("first_loss"), v.get(ref, {}).get("first_loss")
         if a is not None and b is not None: v[k][f"first_loss_rel_diff_vs_{ref}"] = round(abs(a - b) / max(abs(b), 1e-12), 5)

@@ -226,13 +226,14 @@ def _blocks(model:nn.Module, names) -> list[nn.Module]:
 
 def compile_block(b:nn.Module, # one of the model's `fsdp_blocks`
                   checkpointed:bool=False, # recompute its activations in the backward, inside the compiled function
+                  dynamic:bool|None=None, # None: one graph per shape until a size changes, then one that takes any; False: one per shape
                  ):
     "Replace `b.forward` by a `torch.compile`d function (parameter names unchanged); `checkpointed` runs it under `torch.utils.checkpoint`."
     forward = b.forward
     def run(*args, **kwargs):
         if checkpointed: return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
-    b.forward = torch.compile(run)
+    b.forward = torch.compile(run, dynamic=dynamic)
 
 def shard_model(model:nn.Module, # the model, on its device
                 cfg:TrainConfig, # `parallel`, `fsdp_blocks`, `activation_checkpointing`, `compile`, `precision`
@@ -243,8 +244,9 @@ def shard_model(model:nn.Module, # the model, on its device
     if (cfg.activation_checkpointing or cfg.compile or cfg.parallel == "fsdp") and not blocks:
         raise ConfigError(f"no module of {model.__class__.__name__} is one of fsdp_blocks {list(cfg.fsdp_blocks)}; "
                           "name its repeated block class there")
-    if cfg.compile:
-        for b in blocks: compile_block(b, cfg.activation_checkpointing)
+    if cfg.compile:  # a transformer's layers share one graph that takes any length; a UNet's stages get a static graph each
+        one_kind = len({type(b) for b in blocks}) == 1
+        for b in blocks: compile_block(b, cfg.activation_checkpointing, dynamic=None if one_kind else False)
     elif cfg.activation_checkpointing:
         from torch.distributed._composable import checkpoint
         for b in blocks: checkpoint(b)
