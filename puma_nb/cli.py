@@ -40,7 +40,8 @@ class Preset:
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
     clip_steps: int = 400  # tiny CLIP training steps
-    decoder_steps: int|tuple[int, ...] = 5750  # D_0 … D_4 together, split 40:30:20:15:10 (D_0: 2000, D_4: 500); or five counts
+    decoder_steps: int|tuple[int, ...] = (2000, 1500, 1000, 2000, 500)  # D_0 … D_4's steps (PUMA's 40:30:20:15:10 of 5750, but D_3 2000:
+                                                                       # 05_reconstruction), or a total split 40:30:20:15:10
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)

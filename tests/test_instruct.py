@@ -197,12 +197,27 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     assert (out["questions"], out["steps"], out["scales"], out["lr"]) == (3, 2, [1], 5e-4)
     assert out["train_seconds"] > 0 and 0 <= out["accuracy"] <= 1 and set(out["per_kind"]) <= set(tw.QA_KINDS)
     assert json.loads((tmp_path / "und" / "config.json").read_text())["data"]["questions"] == 3  # the run used the conversations
+    first = tmp_path / "und" / "model"  # a second phase from it, on all five scales; then the first model scored again, untrained
+    again = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "und2", "--init", first, "--steps", 1, "--eval", 6)
+    assert again["scales"] == [4, 3, 2, 1, 0] and again["init"] == str(first)
+    assert json.loads((tmp_path / "und2" / "config.json").read_text())["init"] == str(first)
+    scored = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "none", "--init", first, "--steps", 0, "--scales", 1, "--eval", 6)
+    assert (scored["accuracy"], scored["per_kind"], scored["train_seconds"]) == (out["accuracy"], out["per_kind"], 0)
+    assert not (tmp_path / "none").exists()
     probe = bench("feature_place_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
     assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
     assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
     shapes = bench("object_shape_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
     assert shapes["tokens_per_object"] == 36 and shapes["objects"] >= 10 and shapes["chance"] == round(1 / 3, 4)
     assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
+    tokens = bench("clip_token_shape.py", "--clip", run / "clip" / "model", "--train-n", 40, "--test-n", 10)
+    assert tokens["clip"] == str(run / "clip" / "model") and tokens["objects"] >= 10 and tokens["chance"] == round(1 / 3, 4)
+    assert all(0 <= tokens[f"centre_token_shape_f{i}"] <= 1 for i in range(3))
+    assert all(0 <= tokens[f"prefers_true_caption_{a}"] <= 1 for a in ("shape", "color", "size", "position"))
+    for trial in ("hard_negatives", "dense"):  # two steps of each trial loss, then the probes on the trial CLIP
+        t = bench("clip_token_shape.py", "--train", trial, "--steps", 2, "--out", tmp_path / trial, "--train-n", 40, "--test-n", 10)
+        assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model").exists()
+        assert all(0 <= t[k] <= 1 for k in t if k.startswith(("centre", "prefers")))
     from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
     score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")
