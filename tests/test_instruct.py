@@ -218,6 +218,8 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
         t = bench("clip_token_shape.py", "--train", trial, "--steps", 2, "--out", tmp_path / trial, "--train-n", 40, "--test-n", 10)
         assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model").exists()
         assert all(0 <= t[k] <= 1 for k in t if k.startswith(("centre", "prefers")))
+        rows = read_metrics(tmp_path / trial)  # the trial's own loss trained it: the dense term is logged beside the CLIP loss
+        assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"]) and (("dense" in rows[-1]) == (trial == "dense"))
     from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
     score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")
