@@ -39,7 +39,7 @@ class Preset:
     n_train: int   # training scenes
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
-    clip_steps: int = 400  # tiny CLIP training steps
+    clip_steps: int = 1600  # tiny CLIP training steps (with the token loss, `dense_weight`: 03_pyramid)
     decoder_steps: int|tuple[int, ...] = (2000, 1500, 1000, 2000, 500)  # D_0 … D_4's steps (PUMA's 40:30:20:15:10 of 5750, but D_3 2000:
                                                                        # 05_reconstruction), or a total split 40:30:20:15:10
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
@@ -54,7 +54,7 @@ class Preset:
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), table5_steps=1, eval_n=6, qa_n=6),
-           "toy": Preset("toy", 20_000, 500, 500, clip_steps=400)}
+           "toy": Preset("toy", 20_000, 500, 500)}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
@@ -121,7 +121,7 @@ def dataset_card(p:Preset, stats:dict) -> str:
 def build_encoder(p:Preset, out:Path) -> dict:
     "Train the tiny CLIP (resuming if interrupted) and measure retrieval and what each scale keeps."
     cfg = ClipRunConfig()
-    cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, p.clip_steps // 10), log_every=10, ckpt_every=100,
+    cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, min(40, p.clip_steps // 10)), log_every=10, ckpt_every=100,
                         out_dir=str(out / "clip"))
     cfg.data.n_test, cfg.data.seed = p.n_test, p.seed
     res = train_clip(cfg); _done(res)

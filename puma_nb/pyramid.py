@@ -19,14 +19,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ConfigError, to_dict
-from .toyworld import ShapesWorld, collate
+from .toyworld import SIZE, ShapesWorld, collate, shape_mask
 from .training import FitResult, TrainConfig, exports, fit, seed_everything, trained_model
 
 # %% auto #0
 __all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'local_attention_mask',
-           'use_attention_mask', 'tiny_clip', 'tokenizer', 'tiny_encoder', 'ClipDataConfig', 'ClipRunConfig',
-           'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip', 'load_clip', 'load_encoder', 'train_clip',
-           'pca_pictures', 'scene_targets', 'probe_scales']
+           'use_attention_mask', 'tiny_clip', 'tokenizer', 'tiny_encoder', 'token_phrases', 'dense_loss',
+           'ClipDataConfig', 'ClipRunConfig', 'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip', 'load_clip',
+           'load_encoder', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
 
 # %% ../nbs/03_pyramid.ipynb #48479212
 SCALES = (256, 64, 16, 4, 1)  # tokens in f0, f1, f2, f3, f4
@@ -148,6 +148,33 @@ def tiny_encoder(model:open_clip.CLIP, cfg:TinyClipConfig=TinyClipConfig()) -> C
     "The frozen image encoder of a tiny CLIP."
     return CLIPEncoder(model.visual, cfg.image_size)
 
+# %% ../nbs/03_pyramid.ipynb #d3a5e002
+def token_phrases(scene:dict, # a ShapesWorld scene as a batch holds it (`Scene.to_dict()`)
+                  phrases:dict, # phrase → index, shared by the batch; a phrase met for the first time is added
+                  grid:int=16, # the patch grid's side
+                 ) -> torch.Tensor:
+    "Each patch token's label `(grid²,)`: the phrase index of the object covering ≥ ¼ of it, of the background where none touches it, or -100 where one only grazes it."
+    px = SIZE // grid
+    y = np.full((grid, grid), phrases.setdefault(f"a {scene['background']} background", len(phrases)))
+    for o in scene["objects"]:
+        cover = shape_mask(o["shape"], o["size"], o["position"]).reshape(grid, px, grid, px).sum((1, 3))
+        y[cover >= px * px / 4] = phrases.setdefault(f"a {o['size']} {o['color']} {o['shape']}", len(phrases))
+        y[(cover > 0) & (cover < px * px / 4)] = -100
+    return torch.from_numpy(y.reshape(-1)).long()
+
+def dense_loss(e:torch.Tensor, # (M, D) the tokens' embeddings e_t, normalised
+               U:torch.Tensor, # (P, D) the phrases' text embeddings, normalised
+               y:torch.Tensor, # (M,) each token's phrase index; -100 leaves it out
+               is_background:torch.Tensor, # (P,) bool: which phrases name a background
+               s:torch.Tensor, # the CLIP temperature (logit_scale.exp())
+              ) -> torch.Tensor:
+    "L_dense: each token's cross-entropy against the batch's phrases, the background tokens' mean and the object tokens' mean averaged."
+    keep = y >= 0
+    ce = F.cross_entropy(s * e @ U.T, y.clamp_min(0), reduction="none")
+    background = is_background[y.clamp_min(0)] & keep
+    parts = [ce[m].mean() for m in (background, keep & ~background) if m.any()]
+    return sum(parts) / len(parts) if parts else ce.sum() * 0
+
 # %% ../nbs/03_pyramid.ipynb #2bee901a
 @dataclass
 class ClipDataConfig:
@@ -157,22 +184,36 @@ class ClipDataConfig:
 
 @dataclass
 class ClipRunConfig:
-    "`configs/clip_tiny.yaml`: the tiny CLIP, trained contrastively on ShapesWorld captions."
+    "`configs/clip_tiny.yaml`: the tiny CLIP, trained contrastively on ShapesWorld captions, and its tokens on their phrases."
     stage: Literal["clip"] = "clip"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=64, lr=1e-3, weight_decay=0.1,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1600, batch_size=64, lr=1e-3, weight_decay=0.1,
                                                                    warmup_steps=40, out_dir="runs/clip"))
     model: TinyClipConfig = field(default_factory=TinyClipConfig)
     data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    dense_weight: float = 1.0  # λ, the weight of L_dense (0: plain CLIP)
 
-def clip_loss_fn(cfg:TinyClipConfig):
-    "`loss_fn(model, batch)` for `fit`: the contrastive loss (features gathered across ranks) and the temperature."
-    tok = tokenizer(cfg)
+    def validate(self):
+        if not self.dense_weight >= 0: raise ConfigError(f"dense_weight {self.dense_weight} must be ≥ 0 (0 turns the token loss off)")
+
+def clip_loss_fn(cfg:TinyClipConfig,
+                 dense_weight:float=0.0, # λ: add λ·L_dense over the patch tokens (needs `batch["scene"]`)
+                ):
+    "`loss_fn(model, batch)` for `fit`: the contrastive loss (features gathered across ranks), plus λ·L_dense, and the temperature."
+    tok, grid = tokenizer(cfg), cfg.image_size // cfg.patch_size
     def loss_fn(model, batch):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        out = model(batch["image"], tok(batch["caption"]).to(batch["image"].device))
+        dev, phrases = batch["image"].device, {}
+        if dense_weight: y = torch.cat([token_phrases(s, phrases, grid) for s in batch["scene"]]).to(dev)
+        out = model(batch["image"], tok(batch["caption"]).to(dev), tok(list(phrases)).to(dev) if dense_weight else None)
         loss = open_clip.ClipLoss(gather_with_grad=True, rank=rank, world_size=world)(
             out["image_features"], out["text_features"], out["logit_scale"])
-        return loss, {"logit_scale": out["logit_scale"].detach()}
+        logs = {"logit_scale": out["logit_scale"].detach()}
+        if dense_weight:
+            is_background = torch.tensor([p.endswith(" background") for p in phrases], device=dev)
+            logs["dense"] = dense_loss(out["token_features"].flatten(0, 1), out["phrase_features"], y, is_background, out["logit_scale"])
+            loss = loss + dense_weight * logs["dense"]
+            logs["dense"] = logs["dense"].detach()
+        return loss, logs
     return loss_fn
 
 class TrainableCLIP(nn.Module):
@@ -182,7 +223,16 @@ class TrainableCLIP(nn.Module):
         self.clip, self.size = clip, size
         self.register_buffer("mean", torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
-    def forward(self, image, text): return self.clip(clip_preprocess(image, self.size, self.mean, self.std), text)
+    def forward(self, image, text, phrases=None):
+        "open_clip's outputs; with tokenised `phrases`, also each patch token's embedding and the phrases' (for L_dense), in the same pass."
+        x = clip_preprocess(image, self.size, self.mean, self.std)
+        if phrases is None: return self.clip(x, text)
+        v = self.clip.visual
+        o = v.forward_intermediates(x, indices=1, output_fmt="NLC")  # the pooled embedding and the last block's patch tokens
+        T = self.clip.encode_text(torch.cat([text, phrases]), normalize=True)
+        return {"image_features": F.normalize(o["image_features"], dim=-1), "text_features": T[:len(text)],
+                "logit_scale": self.clip.logit_scale.exp(), "phrase_features": T[len(text):],
+                "token_features": F.normalize(v.ln_post(o["image_intermediates"][0]) @ v.proj, dim=-1)}
 
 @torch.no_grad()
 def retrieval(model:open_clip.CLIP, cfg:TinyClipConfig=TinyClipConfig(), n:int=500, split:str="test", seed:int=0) -> dict:
@@ -229,7 +279,7 @@ def train_clip(cfg:ClipRunConfig) -> FitResult:
     model = tiny_clip(cfg.model)
     ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     net = TrainableCLIP(model, cfg.model.image_size)
-    res = fit(net, clip_loss_fn(cfg.model), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
+    res = fit(net, clip_loss_fn(cfg.model, cfg.dense_weight), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
               name="clip", eval_fn=lambda m: retrieval(m.clip, cfg.model, cfg.data.n_test, "test", cfg.data.seed))
     if exports(res):  # rank 0 of a finished run
         net = trained_model(res, net, lambda: TrainableCLIP(tiny_clip(cfg.model), cfg.model.image_size))

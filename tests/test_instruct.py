@@ -214,12 +214,12 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     assert tokens["clip"] == str(run / "clip" / "model") and tokens["objects"] >= 10 and tokens["chance"] == round(1 / 3, 4)
     assert all(0 <= tokens[f"centre_token_shape_f{i}"] <= 1 for i in range(3))
     assert all(0 <= tokens[f"prefers_true_caption_{a}"] <= 1 for a in ("shape", "color", "size", "position"))
-    for trial in ("hard_negatives", "dense"):  # two steps of each trial loss, then the probes on the trial CLIP
+    for trial in ("recipe", "plain", "hard_negatives"):  # two steps of each trial loss, then the probes on the trial CLIP
         t = bench("clip_token_shape.py", "--train", trial, "--steps", 2, "--out", tmp_path / trial, "--train-n", 40, "--test-n", 10)
         assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model").exists()
         assert all(0 <= t[k] <= 1 for k in t if k.startswith(("centre", "prefers")))
-        rows = read_metrics(tmp_path / trial)  # the trial's own loss trained it: the dense term is logged beside the CLIP loss
-        assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"]) and (("dense" in rows[-1]) == (trial == "dense"))
+        rows = read_metrics(tmp_path / trial)  # the trial's own loss trained it: the recipe's token loss is logged beside the CLIP loss
+        assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"]) and (("dense" in rows[-1]) == (trial == "recipe"))
     from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
     score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")

@@ -64,7 +64,7 @@ def test_tiny_clip_trains_its_image_tower_and_round_trips(tmp_path):
     torch.manual_seed(0)
     before = tiny_clip(cfg.model).visual.conv1.weight.clone()  # train_clip seeds with train.seed=0 too
     res = train_clip(cfg)
-    assert res.status == "done" and {"t2i_top1", "i2t_top1"} <= set(res.last)
+    assert res.status == "done" and {"t2i_top1", "i2t_top1", "dense"} <= set(res.last)  # the recipe's token loss too
     model, mcfg = load_clip(tmp_path / "model")
     assert mcfg == cfg.model
     assert not torch.equal(model.visual.conv1.weight, before)  # the image tower learned
@@ -113,3 +113,42 @@ def test_clip_saved_before_attn_window_loads_global(tmp_path):
     x = torch.rand(1, 3, 64, 64); y = x.clone(); y[..., :8, :8] = 0
     with torch.no_grad(): assert int(((tiny_encoder(model)(x) - tiny_encoder(model)(y)).abs().sum(-1) > 1e-6).sum()) == 256
     with pytest.raises(ConfigError, match="attn_window -1"): from_dict(TinyClipConfig, {"attn_window": -1})
+
+
+def test_token_phrases_label_objects_background_and_grazed_tokens():
+    from puma_nb.pyramid import token_phrases
+    scene = {"background": "white", "objects": [{"shape": "square", "color": "red", "size": "large", "position": "center"}]}
+    phrases = {}
+    y = token_phrases(scene, phrases).view(16, 16)
+    assert phrases == {"a white background": 0, "a large red square": 1}
+    assert y[8, 8] == 1 and y[0, 0] == 0 and (y == -100).any()  # centre: the square; a corner: the background; its rim: left out
+    covered = (y == 1).nonzero()
+    assert covered[:, 0].min() >= 5 and covered[:, 0].max() <= 10  # the middle cell only (rows 5…10 of 16)
+    again = token_phrases({**scene, "background": "black"}, phrases)  # a second picture adds its own phrases to the batch's
+    assert phrases["a black background"] == 2 and again.view(16, 16)[0, 0] == 2
+
+
+def test_dense_weight_zero_is_plain_clip_and_one_adds_the_token_loss():
+    from puma_nb.pyramid import TrainableCLIP, clip_loss_fn
+    from puma_nb.toyworld import ShapesWorld, collate
+    torch.manual_seed(0)
+    cfg = TinyClipConfig()
+    net = TrainableCLIP(tiny_clip(cfg), cfg.image_size)
+    ds = ShapesWorld("train", 8, "caption")
+    batch = collate([ds[i] for i in range(8)])
+    plain, logs0 = clip_loss_fn(cfg)(net, batch)
+    both, logs1 = clip_loss_fn(cfg, 1.0)(net, batch)
+    half, _ = clip_loss_fn(cfg, 0.5)(net, batch)
+    assert "dense" not in logs0 and logs1["dense"] > 0
+    assert torch.allclose(both, plain + logs1["dense"], atol=1e-5) and torch.allclose(half, plain + 0.5 * logs1["dense"], atol=1e-5)
+    both.backward()
+    assert net.clip.visual.proj.grad.abs().sum() > 0  # the projection the token loss reads learns
+
+
+def test_clip_stage_with_the_token_loss_under_torchrun(tmp_path):
+    import json
+    from _helpers import run_train
+    run_train("clip_tiny.yaml", "train.steps=2", "train.warmup_steps=1", "train.batch_size=8", "data.n_train=64", "data.n_test=16",
+              f"train.out_dir={tmp_path}", ranks=2)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and "dense" in rows[-1] and (tmp_path / "model" / "model.safetensors").exists()
