@@ -40,7 +40,7 @@ def swapped(scene:tw.Scene, attr:str, rng:np.random.Generator) -> tw.Scene:
     return tw.sample_edit(scene, rng, EDIT_OF[attr]).target
 
 def hard_negative_loss_fn(mcfg, dense_weight=0.0):
-    "NegCLIP: `clip_loss_fn` in its signature, with each caption's shape-changed twin among the image→text negatives."
+    "NegCLIP: `clip_loss_fn` in its signature (`dense_weight` unused: no token loss), each caption's shape-changed twin among the image→text negatives."
     tok, rng = P.tokenizer(mcfg), np.random.default_rng(0)
     def loss_fn(model, batch):
         scenes = [tw.Scene.from_dict(d) for d in batch["scene"]]
