@@ -87,8 +87,8 @@ for i in Xtr:
     W = torch.linalg.solve(A.T @ A + torch.eye(A.shape[1], dtype=A.dtype), A.T @ Y)
     res[f"centre_token_shape_f{i}"] = round(float(((B @ W).argmax(1) == yte).float().mean()), 4)
 with torch.no_grad():
-    I = P.TrainableCLIP(model, cfg.image_size)(x, tok([tw.caption(s) for s in scenes]))["image_features"]
-    T = model.encode_text(tok([tw.caption(s) for s in scenes]), normalize=True)
+    o = P.TrainableCLIP(model, cfg.image_size)(x, tok([tw.caption(s) for s in scenes]))
+    I, T = o["image_features"], o["text_features"]
     rng = np.random.default_rng(1)
     for attr in ("shape", "color", "size", "position"):
         N = model.encode_text(tok([tw.caption(swapped(s, attr, rng)) for s in scenes]), normalize=True)

@@ -121,7 +121,7 @@ def dataset_card(p:Preset, stats:dict) -> str:
 def build_encoder(p:Preset, out:Path) -> dict:
     "Train the tiny CLIP (resuming if interrupted) and measure retrieval and what each scale keeps."
     cfg = ClipRunConfig()
-    cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, min(40, p.clip_steps // 10)), log_every=10, ckpt_every=100,
+    cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, min(cfg.train.warmup_steps, p.clip_steps // 10)), log_every=10, ckpt_every=100,
                         out_dir=str(out / "clip"))
     cfg.data.n_test, cfg.data.seed = p.n_test, p.seed
     res = train_clip(cfg); _done(res)

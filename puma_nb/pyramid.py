@@ -210,9 +210,8 @@ def clip_loss_fn(cfg:TinyClipConfig,
         logs = {"logit_scale": out["logit_scale"].detach()}
         if dense_weight:
             is_background = torch.tensor([p.endswith(" background") for p in phrases], device=dev)
-            logs["dense"] = dense_loss(out["token_features"].flatten(0, 1), out["phrase_features"], y, is_background, out["logit_scale"])
-            loss = loss + dense_weight * logs["dense"]
-            logs["dense"] = logs["dense"].detach()
+            dense = dense_loss(out["token_features"].flatten(0, 1), out["phrase_features"], y, is_background, out["logit_scale"])
+            loss, logs["dense"] = loss + dense_weight * dense, dense.detach()
         return loss, logs
     return loss_fn
 
