@@ -19,7 +19,7 @@ from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, Diffusi
 from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders, lpips_metric, table1,
                                     table1_markdown, train_decoders)
 from .training import ParamGroup, TrainConfig
-from .mllm import MLLMConfig, load_mllm
+from .mllm import SCALE_ORDER, MLLMConfig, load_mllm
 from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
 from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
 from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
@@ -46,14 +46,17 @@ class Preset:
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
     instruct_steps: dict = field(default_factory=lambda: {"t2i": 300, "edit": 300, "conditional": 300, "understanding": 300})
-    table5_steps: int = 300  # each single-scale understanding model of Table 5 (the all-scale one is the instruct model)
+    understanding_first: tuple = ((2,), 1500)  # the understanding model first reads only these scales for this many steps, then
+                                               # all five for instruct_steps["understanding"] (08_instruct, *Reading f2 first*); () skips it
+    table5_steps: int = 300  # each understanding model of Table 5, one per input (f4 … f0 and all five), from the pretraining checkpoint
     questions: int = 8  # understanding and Table 5: questions per training picture, as one conversation (`data.questions`, 08_instruct)
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
     qa_n: int = 500  # test questions for understanding and Table 5 (answers are cheap; ±2 points instead of ±5 at 100)
     seed: int = 0  # ShapesWorld seed
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
-                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), table5_steps=1, eval_n=6, qa_n=6),
+                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
+                           eval_n=6, qa_n=6),
            "toy": Preset("toy", 20_000, 500, 500)}
 
 class Interrupted(Exception):
@@ -194,26 +197,36 @@ def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensor
 
 def build_mllms(p:Preset, out:Path) -> dict:
     "Pretrain the MLLM, then tune the four instruct models from it (each resuming, and skipped once saved)."
-    enc, steps = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}
+    enc, steps, first = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}, None
     pre = pretrain_recipe(enc)
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
     if not _finished(out / "pretrain"): _done(train_pretrain(pre))
+    def understanding(name:str, steps:int, scales=SCALE_ORDER, init:Path=out / "pretrain" / "model"):
+        "One understanding model in `instruct/<name>`, eight questions a picture, reading `scales`."
+        cfg = instruct_recipe("understanding", init, enc)
+        cfg.train = replace(cfg.train, steps=steps, warmup_steps=max(1, steps // 20), out_dir=str(out / "instruct" / name))
+        cfg.data.n_train, cfg.data.seed, cfg.data.input_scales, cfg.data.questions = p.n_train, p.seed, tuple(scales), p.questions
+        if not _finished(out / "instruct" / name): _done(train_instruct(cfg))
     for task in INSTRUCT_TASKS:
-        cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
         n = p.instruct_steps[task]
+        if task == "understanding":  # first one scale's tokens (a short sequence, many pictures), then all five
+            init = out / "pretrain" / "model"
+            if p.understanding_first:
+                scales, n1 = p.understanding_first
+                understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
+                first = {"scales": list(scales), "steps": n1}
+            understanding("understanding", n, init=init); continue
+        cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
         cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
-        if task == "understanding": cfg.data.questions = p.questions
         if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
-    for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture
-        cfg = instruct_recipe("understanding", out / "pretrain" / "model", enc)
-        cfg.train = replace(cfg.train, steps=p.table5_steps, warmup_steps=max(1, p.table5_steps // 20),
-                            out_dir=str(out / "instruct" / f"understanding_f{i}"))
-        cfg.data.n_train, cfg.data.seed, cfg.data.input_scales, cfg.data.questions = p.n_train, p.seed, (i,), p.questions
-        if not _finished(out / "instruct" / f"understanding_f{i}"): _done(train_instruct(cfg))
+    for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture, and from all five, with equal steps
+        understanding(f"understanding_f{i}", p.table5_steps, (i,))
+    if first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
     steps["table5"] = p.table5_steps
-    return {"steps": steps, "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
+    return {"steps": steps, "understanding_first": first,
+            "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
 
 def _save(out:Path, task:str, items:list[dict], pictures:dict, index:list, seed:int=0, **row):
     "Write generated pictures `{scale: (B, 3, H, W)}` under `samples/<task>/` with an `index.json` row each."
@@ -253,7 +266,10 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
     for i in (4, 3, 2, 1, 0):
         m, tok = model(f"understanding_f{i}")
         res["table5"][f"f{i}"] = understanding_scores(qa, answer(m, tok, enc, qa, input_scales=(i,)))["accuracy"]
-    res["table5"]["all"] = res["understanding"]["accuracy"]
+    if p.understanding_first:  # the understanding model read f2 first: Table 5's all-scale row is its own model, of equal steps
+        m, tok = model("understanding_all")
+        res["table5"]["all"] = understanding_scores(qa, answer(m, tok, enc, qa))["accuracy"]
+    else: res["table5"]["all"] = res["understanding"]["accuracy"]
     m, tok = model("t2i"); items = data("t2i")
     res["table2"], pics = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), lpips_model=lpips_model, **sampling)
     E, Dn = clip_embedder(fallback=out / "clip" / "model"), dino_embedder(fallback=out / "clip" / "model")
@@ -345,10 +361,13 @@ PAPER_TABLE3 = {"f1": (0.802, 0.258, 0.679), "f0": (0.840, 0.264, 0.784), "max5"
 def mllm_report(report:dict) -> list[str]:
     "The MLLM sections of `REPORT.md`."
     info, u = report["mllm_info"], report["understanding"]
+    first = info.get("understanding_first")  # runs before it lack it
     pct = lambda v: f"{v:.0%}"
     lines = ["## The MLLM (§3.3–3.4)", "",
              f"Pretraining {info['steps']['pretrain']} steps, then four instruct models "
-             f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t not in ('pretrain', 'table5'))} steps), recipes in {info['recipes']}. "
+             f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t not in ('pretrain', 'table5'))} steps"
+             + (f"; the understanding model first reads only {'+'.join(f'f{i}' for i in first['scales'])} for {first['steps']} steps, "
+                "then all five scales" if first else "") + f"), recipes in {info['recipes']}. "
              f"Each test below uses {report['eval_info']['n']} held-out examples (understanding and Table 5: "
              f"{report['eval_info'].get('qa_n', report['eval_info']['n'])} questions); pictures decoded with {report['eval_info']['sampling']}.",
              "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",
@@ -363,8 +382,10 @@ def mllm_report(report:dict) -> list[str]:
                   f"(`caption_scores`, 07_pretrain): readable {pct(c['readable'])}, colours {pct(c['color'])}, shapes "
                   f"{pct(c['shape'])}, positions {pct(c['position'])}, background {pct(c['background'])}, whole scene {pct(c['scene'])}.", ""]
     lines += ["## Table 5: understanding by input scale", "",
-             f"One understanding model per input (each {info['steps']['table5']} steps from the pretraining checkpoint; *all* is the "
-             "instruct model above). Ours: exact-match accuracy; the paper's (LLaVA-v1.5 setting, CLIP-L): MMB and VQAv2.", "",
+             f"One understanding model per input, each {info['steps']['table5']} steps from the pretraining checkpoint"
+             + ("; *all* reads all five scales from the start, so it is the understanding model above without its first phase"
+                if first else "; *all* is the instruct model above")
+             + ". Ours: exact-match accuracy; the paper's (LLaVA-v1.5 setting, CLIP-L): MMB and VQAv2.", "",
              "| input | tokens | accuracy | paper MMB | paper VQAv2 |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {n} | {pct(report['table5'][k])} | {PAPER_TABLE5[k][0]} | {PAPER_TABLE5[k][1]} |"
               for k, n in (("f4", 1), ("f3", 4), ("f2", 16), ("f1", 64), ("f0", 256), ("all", 341))]

@@ -59,10 +59,21 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert {"clip_i", "clip_t", "dino"} <= set(report["table3"]["f0"]) and {"clip_i", "clip_t"} <= set(report["table2"]["max5"])
     assert "stand-in" in report["stand_ins"]["clip_b32"] and "stand-in" in report["stand_ins"]["dino"]
     assert set(report["conditional"]) == {"canny", "inpaint", "colorize"} and 0 <= report["understanding"]["accuracy"] <= 1
-    assert list(report["table5"]) == ["f4", "f3", "f2", "f1", "f0", "all"] and report["table5"]["all"] == report["understanding"]["accuracy"]
-    assert all((out / "instruct" / f"understanding_f{i}" / "model" / "model.safetensors").exists() for i in range(5))
-    tuned = [json.loads((out / "instruct" / d / "config.json").read_text())["data"] for d in ["understanding"] + [f"understanding_f{i}" for i in range(5)]]
-    assert [c["questions"] for c in tuned] == [8] * 6 and [c["input_scales"] for c in tuned[1:]] == [[i] for i in range(5)]  # Preset.questions
+    assert list(report["table5"]) == ["f4", "f3", "f2", "f1", "f0", "all"] and all(0 <= v <= 1 for v in report["table5"].values())
+    names = ["understanding_first", "understanding", "understanding_all"] + [f"understanding_f{i}" for i in range(5)]
+    assert all((out / "instruct" / d / "model" / "model.safetensors").exists() for d in names)
+    cfgs = {d: json.loads((out / "instruct" / d / "config.json").read_text()) for d in names}
+    assert all(c["data"]["questions"] == 8 for c in cfgs.values())  # Preset.questions
+    assert [cfgs[f"understanding_f{i}"]["data"]["input_scales"] for i in range(5)] == [[i] for i in range(5)]
+    # the understanding model reads f2 alone first (Preset.understanding_first), then all five scales from that model;
+    # Table 5's all-scale row is its own model, trained from the pretraining checkpoint as the single-scale ones are
+    assert cfgs["understanding_first"]["data"]["input_scales"] == [2] and cfgs["understanding_first"]["train"]["steps"] == 1
+    assert cfgs["understanding"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
+    assert cfgs["understanding"]["init"] == str(out / "instruct" / "understanding_first" / "model")
+    assert cfgs["understanding_all"]["init"] == cfgs["understanding_f0"]["init"] == str(out / "pretrain" / "model")
+    assert cfgs["understanding_all"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
+    assert report["mllm_info"]["understanding_first"] == {"scales": [2], "steps": 1}
+    assert "first reads only f2 for 1 steps" in (out / "REPORT.md").read_text()
     assert "an answer of the asked kind" in (out / "REPORT.md").read_text() and set(report["understanding"]["well_formed"]) <= set(report["understanding"]["per_kind"])
     text = (out / "REPORT.md").read_text()
     assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "## Table 5", "### Understanding", "## Conditional generation"))
@@ -109,3 +120,21 @@ def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
     assert cli.main(["smoke"]) == 0
     out = capsys.readouterr().out
     assert "interrupted" in out and "preempted at step 3; rerun the same command to resume" in out
+
+
+def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():
+    "configs/instruct_tiny.yaml's header gives the two runs of the main job's understanding model (`Preset.understanding_first`)."
+    from puma_nb.cli import PRESETS
+    from puma_nb.config import load_config
+    from puma_nb.instruct import InstructRunConfig
+    path = ROOT / "configs" / "instruct_tiny.yaml"
+    header = "\n".join(l.lstrip("# ") for l in path.read_text().splitlines() if l.startswith("#")).replace("\\\n", " ")
+    cmds = [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "task=understanding" in l]
+    assert len(cmds) == 2, header
+    first, second = (load_config(InstructRunConfig, path, c) for c in cmds)
+    p = PRESETS["toy"]
+    scales, n1 = p.understanding_first
+    assert (first.data.input_scales, first.train.steps, first.train.warmup_steps) == (scales, n1, max(1, n1 // 20))
+    assert first.data.questions == second.data.questions == p.questions
+    assert second.init == first.train.out_dir + "/model" and second.data.input_scales == (4, 3, 2, 1, 0)
+    assert second.train.steps == p.instruct_steps["understanding"]
