@@ -203,7 +203,7 @@ def build_mllms(p:Preset, out:Path) -> dict:
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
     if not _finished(out / "pretrain"): _done(train_pretrain(pre))
     def understanding(name:str, steps:int, scales=SCALE_ORDER, init:Path=out / "pretrain" / "model"):
-        "One understanding model in `instruct/<name>`, eight questions a picture, reading `scales`."
+        "One understanding model in `instruct/<name>`, `p.questions` questions a picture, reading `scales`."
         cfg = instruct_recipe("understanding", init, enc)
         cfg.train = replace(cfg.train, steps=steps, warmup_steps=max(1, steps // 20), out_dir=str(out / "instruct" / name))
         cfg.data.n_train, cfg.data.seed, cfg.data.input_scales, cfg.data.questions = p.n_train, p.seed, tuple(scales), p.questions
