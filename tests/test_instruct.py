@@ -178,7 +178,7 @@ def test_understanding_conversations_ask_several_questions_per_picture():
 
 
 def test_understanding_ablation_and_place_probe_scripts(tmp_path):
-    "benchmarks/understanding_ablation.py, feature_place_probe.py, object_shape_probe.py and decoder_score.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
+    "benchmarks/understanding_ablation.py, understanding_exists.py, feature_place_probe.py, object_shape_probe.py and decoder_score.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
     import json, os
     run = tmp_path / "run"
     _init(run)
@@ -204,6 +204,9 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     scored = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "none", "--init", first, "--steps", 0, "--scales", 1, "--eval", 6)
     assert (scored["accuracy"], scored["per_kind"], scored["train_seconds"]) == (out["accuracy"], out["per_kind"], 0)
     assert not (tmp_path / "none").exists()
+    ex = bench("understanding_exists.py", "--run", run, "--model", first, "--scales", 1, "--n", 5)  # "is there …?" answers, by why
+    assert ex["questions"] == 5 and sum(ex[k][1] for k in ("yes", "no_colour_absent", "no_other_shape")) == 5
+    assert all(0 <= ex[k][0] <= ex[k][1] for k in ("yes", "no_colour_absent", "no_other_shape"))
     probe = bench("feature_place_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
     assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
     assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
