@@ -197,7 +197,7 @@ def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensor
 
 def build_mllms(p:Preset, out:Path) -> dict:
     "Pretrain the MLLM, then tune the four instruct models from it (each resuming, and skipped once saved)."
-    enc, steps, first = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}, None
+    enc, steps = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}
     pre = pretrain_recipe(enc)
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
@@ -215,7 +215,6 @@ def build_mllms(p:Preset, out:Path) -> dict:
             if p.understanding_first:
                 scales, n1 = p.understanding_first
                 understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
-                first = {"scales": list(scales), "steps": n1}
             understanding("understanding", n, init=init); continue
         cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
@@ -223,9 +222,10 @@ def build_mllms(p:Preset, out:Path) -> dict:
         if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
     for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture, and from all five, with equal steps
         understanding(f"understanding_f{i}", p.table5_steps, (i,))
-    if first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
+    if p.understanding_first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
     steps["table5"] = p.table5_steps
-    return {"steps": steps, "understanding_first": first,
+    first = p.understanding_first and {"scales": list(p.understanding_first[0]), "steps": p.understanding_first[1]}
+    return {"steps": steps, "understanding_first": first or None,
             "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
 
 def _save(out:Path, task:str, items:list[dict], pictures:dict, index:list, seed:int=0, **row):
