@@ -59,6 +59,6 @@ for task in args.tasks.split(","):
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
     if task == "t2i": res[task], _ = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), **sampling)
     elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
-    else: res[task], _ = conditional_table(m, tok, enc, Ds[0], items, **sampling)
+    else: res[task], _ = conditional_table(m, tok, enc, Ds, items, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
 (out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, **res}, indent=1))

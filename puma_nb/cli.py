@@ -141,7 +141,7 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
         model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64, spatial_hidden=256,
                             spatial_skip=True),
         diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True, reader_weight=1.0,
-                                  reader_scales=(0,)),
+                                  reader_scales=(0,), cond_blur=0.5, cond_noise=0.35, cond_scales=(0, 1, 2)),
         data=DecoderDataConfig(encoder=str(encoder)))
 
 TABLE1_SAMPLING = dict(scheduler="ddim", guidance=1.0)  # with `steps` from the preset
@@ -290,7 +290,7 @@ def evaluate_mllms(p:Preset, out:Path, lpips_model=None) -> dict:
                        ["source", "edit from f1", "edit from f0", "target"], [it["instruction"] for it in items[:6]])
     fig.savefig(out / "figure9.png", dpi=100); plt.close(fig)
     m, tok = model("conditional"); items = data("conditional")
-    res["conditional"], y = conditional_table(m, tok, enc, Ds[0], items, **sampling)
+    res["conditional"], y = conditional_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
     _save(out, "conditional", items, {0: y}, index)
     fig = picture_grid([[it["condition"] for it in items[:6]], list(y[:6]), [it["image"] for it in items[:6]]],
                        ["condition", "generated (f0)", "target"], [it["kind"] for it in items[:6]])
@@ -424,8 +424,12 @@ def mllm_report(report:dict) -> list[str]:
     kinds = list(report["table3"]["f0"]["per_kind"])
     lines += ["", "Edit success per kind (f0): " + ", ".join(f"{k} {pct(report['table3']['f0']['per_kind'][k])}" for k in kinds), "",
               "![Edits decoded from f1 and f0 (the paper's Fig. 9)](figure9.png)", "",
-              "## Conditional generation (f0)", "", "| task | what must be right | score | whole scene |", "|---|---|---|---|"]
-    lines += [f"| {k} | {CONDITIONAL_SCORE[k]} | {pct(r['score'])} | {pct(r['scene'])} |" for k, r in report["conditional"].items()]
+              "## Conditional generation", "",
+              "Decoded from $f_0$, the paper's setting (*score*, *whole scene*), and from every scale (*max5*: any of the five).", "",
+              "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |", "|---|---|---|---|---|---|---|---|---|"]
+    scale = lambda r, i: pct(r["per_scale"][f"f{i}"]) if f"f{i}" in r.get("per_scale", {}) else "–"
+    lines += [f"| {k} | {CONDITIONAL_SCORE[k]} | {pct(r['score'])} | {pct(r['scene'])} | {scale(r, 1)} | {scale(r, 2)} | {scale(r, 3)} | "
+              f"{scale(r, 4)} | {pct(r['max5']) if 'max5' in r else '–'} |" for k, r in report["conditional"].items()]
     lines += ["", "![Conditions, generations, targets](figure_conditional.png)", ""]
     return lines
 

@@ -27,7 +27,7 @@ __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'A
            'instruct_segments', 'chat_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig',
            'InstructRunConfig', 'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images',
            'answer', 'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table',
-           'edit_table', 'conditional_table']
+           'edit_table', 'conditional_right', 'conditional_table']
 
 # %% ../nbs/08_instruct.ipynb #f5b788ab
 INSTRUCT_TASKS = ("t2i", "edit", "conditional", "understanding")
@@ -318,17 +318,30 @@ CONDITIONAL_SCORE = {  # what each conditional task must get right
     "inpaint": "the masked object, back exactly",
     "colorize": "the colours of the objects and of the background"}
 
+def conditional_right(item:dict, image:torch.Tensor, surv:dict[str, bool]) -> bool:
+    "Did a conditional generation get right what its kind must (`CONDITIONAL_SCORE`)? `surv`: its `scene_survival` row."
+    return {"canny": lambda: surv["shape"] and surv["position"], "inpaint": lambda: inpaint_restored(item, image),
+            "colorize": lambda: surv["color"] and surv["background"]}[item["kind"]]()
+
 @torch.no_grad()
-def conditional_table(model, tok, enc, D0, # the conditional instruct model, its tokenizer, the encoder, D_0
+def conditional_table(model, tok, enc, decoders:list, # the conditional instruct model, its tokenizer, the encoder, D_0 … D_4
                       items:list[dict], # conditional test examples (all three kinds)
+                      scales:tuple[int, ...]=(0,), # the scales decoded; `score` is f0's (the paper's), `per_scale` and `max5` all of them
                       seed:int=0, **sample_kw) -> tuple[dict, torch.Tensor]:
-    "Exact scores of conditional generation from f0, per kind (`CONDITIONAL_SCORE`); with the pictures."
-    y = decode_features(D0, generate_pyramids(model, tok, enc, items, 0)[0], null_features(enc, 0, 64), seed=seed, **sample_kw)
-    surv, rows = scene_survival(items, y), {}
+    "Exact scores of conditional generation per kind (`CONDITIONAL_SCORE`), from f0 and per scale; with f0's pictures."
+    if 0 not in scales: raise ValueError(f"scales must include 0 (`score` is f0's), got {tuple(scales)}")
+    f_hat = generate_pyramids(model, tok, enc, items, 0)
+    right, scene, pictures = {}, {}, {}
+    for i in scales:
+        pictures[i] = y = decode_features(decoders[i], f_hat[i], null_features(enc, i, 64), seed=seed, **sample_kw)
+        surv = scene_survival(items, y)
+        right[i] = [conditional_right(it, im, sv) for it, im, sv in zip(items, y, surv)]
+        scene[i] = [sv["scene"] for sv in surv]
+    rows = {}
     for kind in tw.CONDITION_KINDS:
         idx = [b for b, it in enumerate(items) if it["kind"] == kind]
         if not idx: continue
-        ok = {"canny": lambda b: surv[b]["shape"] and surv[b]["position"], "inpaint": lambda b: inpaint_restored(items[b], y[b]),
-              "colorize": lambda b: surv[b]["color"] and surv[b]["background"]}[kind]
-        rows[kind] = {"score": float(np.mean([ok(b) for b in idx])), "scene": float(np.mean([surv[b]["scene"] for b in idx])), "n": len(idx)}
-    return rows, y
+        rows[kind] = {"score": float(np.mean([right[0][b] for b in idx])), "scene": float(np.mean([scene[0][b] for b in idx])),
+                      "n": len(idx), "per_scale": {f"f{i}": float(np.mean([right[i][b] for b in idx])) for i in scales}}
+        if len(scales) > 1: rows[kind]["max5"] = float(np.mean([any(right[i][b] for i in scales) for b in idx]))
+    return rows, pictures[0]

@@ -59,6 +59,8 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert {"clip_i", "clip_t", "dino"} <= set(report["table3"]["f0"]) and {"clip_i", "clip_t"} <= set(report["table2"]["max5"])
     assert "stand-in" in report["stand_ins"]["clip_b32"] and "stand-in" in report["stand_ins"]["dino"]
     assert set(report["conditional"]) == {"canny", "inpaint", "colorize"} and 0 <= report["understanding"]["accuracy"] <= 1
+    assert all(set(r["per_scale"]) == {f"f{i}" for i in range(5)} and r["score"] == r["per_scale"]["f0"] and r["max5"] >= r["score"]
+               for r in report["conditional"].values())
     assert list(report["table5"]) == ["f4", "f3", "f2", "f1", "f0", "all"] and all(0 <= v <= 1 for v in report["table5"].values())
     names = ["understanding_first", "understanding", "understanding_all"] + [f"understanding_f{i}" for i in range(5)]
     assert all((out / "instruct" / d / "model" / "model.safetensors").exists() for d in names)
@@ -76,6 +78,7 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert "first reads only f2 for 1 steps" in (out / "REPORT.md").read_text()
     assert "an answer of the asked kind" in (out / "REPORT.md").read_text() and set(report["understanding"]["well_formed"]) <= set(report["understanding"]["per_kind"])
     text = (out / "REPORT.md").read_text()
+    assert "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |" in text
     assert all(h in text for h in ("## Table 1", "## Table 2", "## Table 3", "## Table 5", "### Understanding", "## Conditional generation"))
     assert all((out / f).exists() for f in ("figure3.png", "figure6.png", "figure9.png", "figure10.png", "figure_conditional.png"))
     w, h = Image.open(out / "gallery.png").size

@@ -11,10 +11,10 @@ from puma_nb import toyworld as tw
 from puma_nb.config import ConfigError, load_config
 from puma_nb.decoder import DecoderConfig, build_decoder
 from puma_nb.instruct import (ANSWER_WORDS, IMAGE_KEYS, INSTRUCT_TASKS, InstructData, InstructRunConfig, answer, encode_items, generate_images,
-                              inpaint_restored, instruct_collate, instruct_segments, scene_scores, train_instruct,
-                              understanding_scores)
+                              conditional_right, conditional_table, inpaint_restored, instruct_collate, instruct_segments,
+                              scene_scores, scene_survival, train_instruct, understanding_scores)
 from puma_nb.mllm import MLLMConfig, build_mllm, build_sequence, load_mllm, save_mllm, tiny_tokenizer
-from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip, tiny_encoder
+from puma_nb.pyramid import SCALES, TinyClipConfig, save_clip, tiny_clip, tiny_encoder
 from puma_nb.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,11 @@ def test_scores_are_exact():
     assert shuffled["scene"] < 0.2 and shuffled["color"] < 0.5  # (a few neighbours share a scene)
     inp = next(x for x in (InstructData("conditional", 30, "test")[k] for k in range(30)) if x["kind"] == "inpaint")
     assert inpaint_restored(inp, inp["image"]) and not inpaint_restored(inp, inp["condition"])
+    cond = [InstructData("conditional", 30, "test")[k] for k in range(30)]
+    for pictures, want in (("image", True), ("condition", False)):  # the target is right for every kind; no condition is its own target
+        x = torch.stack([c[pictures] for c in cond])
+        got = [conditional_right(c, im, sv) for c, im, sv in zip(cond, x, scene_survival(cond, x))]
+        assert all(g == want for g, c in zip(got, cond) if want or c["kind"] != "canny"), (pictures, got)
     qa = [InstructData("understanding", 10, "test")[k] for k in range(10)]
     s = understanding_scores(qa, [q["answer"] for q in qa[:5]] + ["nonsense"] * 5)
     assert s["accuracy"] == 0.5 and set(s["per_kind"]) == {q["kind"] for q in qa}
@@ -93,6 +98,15 @@ def test_generation_shapes():
     assert y.shape == (3, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
     a = answer(model, tok, enc, [InstructData("understanding", 3, "test")[k] for k in range(3)], max_new_tokens=2)
     assert len(a) == 3 and all(isinstance(s, str) for s in a)
+    cond = [InstructData("conditional", 6, "test")[k] for k in range(6)]
+    Ds = [build_decoder(i, DecoderConfig(feature_dim=enc.width)).eval() for i in range(5)]
+    rows, y0 = conditional_table(model, tok, enc, Ds, cond, scales=(0, 3), steps=2, guidance=1.0)
+    assert y0.shape == (6, 3, 64, 64) and set(rows) == set(tw.CONDITION_KINDS)
+    for r in rows.values():
+        assert set(r["per_scale"]) == {"f0", "f3"} and r["score"] == r["per_scale"]["f0"] and r["n"] == 2
+        assert max(r["per_scale"].values()) <= r["max5"] <= sum(r["per_scale"].values())
+    with pytest.raises(ValueError, match="include 0"):
+        conditional_table(model, tok, enc, Ds, cond, scales=(1, 2), steps=2)
 
 
 def _init(tmp_path, feature_dim=None):
@@ -227,3 +241,13 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
     score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")
     assert (score["scale"], score["n"], score["scheduler"]) == (1, 4, "ddpm") and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))
+    for i, n in enumerate(SCALES):  # untrained D_0 … D_4, and the pretraining checkpoint as each image-task instruct model
+        save_puma_decoder(build_decoder(i), tmp_path / "five" / f"unet_{n}")
+    for task in ("t2i", "edit", "conditional"):
+        (run / "instruct" / task).mkdir(parents=True); (run / "instruct" / task / "model").symlink_to(run / "pretrain" / "model")
+    gen = bench("decoder_generated_features.py", "--run", run, "--decoders", tmp_path / "five", "--scales", 0, 2, "--n", 3, "--steps", 2)
+    assert set(gen["features"]) == {"t2i", "edit", "conditional"} and set(gen["features"]["edit"]) == {f"f{i}" for i in range(5)}
+    assert all(r["relative_error"] >= 0 for t in gen["features"].values() for r in t.values()) and "detail_kept" not in gen["features"]["t2i"]["f4"]
+    res = gen["decoded"][str(tmp_path / "five")]
+    assert len(res["t2i f0 inputs"]) == 5 and set(res["generated"]) == {"f0", "f2"}
+    assert set(res["generated"]["f2"]["conditional"]) == set(tw.CONDITION_KINDS) and 0 <= res["generated"]["f0"]["t2i"]["scene"] <= 100
