@@ -141,7 +141,7 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
         model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64, spatial_hidden=256,
                             spatial_skip=True),
         diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True, reader_weight=1.0,
-                                  reader_scales=(0,), cond_blur=0.5, cond_noise=0.35, cond_scales=(0, 1, 2)),
+                                  reader_scales=(0,)),
         data=DecoderDataConfig(encoder=str(encoder)))
 
 TABLE1_SAMPLING = dict(scheduler="ddim", guidance=1.0)  # with `steps` from the preset
