@@ -427,9 +427,8 @@ def mllm_report(report:dict) -> list[str]:
               "## Conditional generation", "",
               "Decoded from $f_0$, the paper's setting (*score*, *whole scene*), and from every scale (*max5*: any of the five).", "",
               "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |", "|---|---|---|---|---|---|---|---|---|"]
-    scale = lambda r, i: pct(r["per_scale"][f"f{i}"]) if f"f{i}" in r.get("per_scale", {}) else "–"
-    lines += [f"| {k} | {CONDITIONAL_SCORE[k]} | {pct(r['score'])} | {pct(r['scene'])} | {scale(r, 1)} | {scale(r, 2)} | {scale(r, 3)} | "
-              f"{scale(r, 4)} | {pct(r['max5']) if 'max5' in r else '–'} |" for k, r in report["conditional"].items()]
+    lines += [f"| {k} | {CONDITIONAL_SCORE[k]} | {pct(r['score'])} | {pct(r['scene'])} | "
+              + " | ".join(pct(r["per_scale"][f"f{i}"]) for i in (1, 2, 3, 4)) + f" | {pct(r['max5'])} |" for k, r in report["conditional"].items()]
     lines += ["", "![Conditions, generations, targets](figure_conditional.png)", ""]
     return lines
 

@@ -320,8 +320,10 @@ CONDITIONAL_SCORE = {  # what each conditional task must get right
 
 def conditional_right(item:dict, image:torch.Tensor, surv:dict[str, bool]) -> bool:
     "Did a conditional generation get right what its kind must (`CONDITIONAL_SCORE`)? `surv`: its `scene_survival` row."
-    return {"canny": lambda: surv["shape"] and surv["position"], "inpaint": lambda: inpaint_restored(item, image),
-            "colorize": lambda: surv["color"] and surv["background"]}[item["kind"]]()
+    if item["kind"] == "canny": return surv["shape"] and surv["position"]
+    if item["kind"] == "inpaint": return inpaint_restored(item, image)
+    if item["kind"] == "colorize": return surv["color"] and surv["background"]
+    raise ValueError(f"unknown condition {item['kind']!r}; expected one of {tw.CONDITION_KINDS}")
 
 @torch.no_grad()
 def conditional_table(model, tok, enc, decoders:list, # the conditional instruct model, its tokenizer, the encoder, D_0 … D_4
@@ -331,17 +333,16 @@ def conditional_table(model, tok, enc, decoders:list, # the conditional instruct
     "Exact scores of conditional generation per kind (`CONDITIONAL_SCORE`), from f0 and per scale; with f0's pictures."
     if 0 not in scales: raise ValueError(f"scales must include 0 (`score` is f0's), got {tuple(scales)}")
     f_hat = generate_pyramids(model, tok, enc, items, 0)
-    right, scene, pictures = {}, {}, {}
+    right, pictures, surv = {}, {}, {}
     for i in scales:
         pictures[i] = y = decode_features(decoders[i], f_hat[i], null_features(enc, i, 64), seed=seed, **sample_kw)
-        surv = scene_survival(items, y)
-        right[i] = [conditional_right(it, im, sv) for it, im, sv in zip(items, y, surv)]
-        scene[i] = [sv["scene"] for sv in surv]
+        surv[i] = scene_survival(items, y)
+        right[i] = [conditional_right(it, im, sv) for it, im, sv in zip(items, y, surv[i])]
     rows = {}
     for kind in tw.CONDITION_KINDS:
         idx = [b for b, it in enumerate(items) if it["kind"] == kind]
         if not idx: continue
-        rows[kind] = {"score": float(np.mean([right[0][b] for b in idx])), "scene": float(np.mean([scene[0][b] for b in idx])),
+        rows[kind] = {"score": float(np.mean([right[0][b] for b in idx])), "scene": float(np.mean([surv[0][b]["scene"] for b in idx])),
                       "n": len(idx), "per_scale": {f"f{i}": float(np.mean([right[i][b] for b in idx])) for i in scales}}
         if len(scales) > 1: rows[kind]["max5"] = float(np.mean([any(right[i][b] for i in scales) for b in idx]))
     return rows, pictures[0]
