@@ -10,6 +10,8 @@ come from this script.
     python benchmarks/head_trial.py --run runs/toy16 --out runs/ps2 --parent-skip 1 --image-pos 1
     python benchmarks/head_trial.py --run runs/toy17 --out runs/ss1 --parent-skip 1 --image-pos 1 --source-skip 1 --tasks edit,conditional
     python benchmarks/head_trial.py --run runs/toy17 --out runs/ss900 --parent-skip 1 --image-pos 1 --source-skip 1 --tasks edit --steps 900
+    python benchmarks/head_trial.py --run runs/toy22 --out runs/a1 --parent-skip 1 --image-pos 1 --tasks edit --alpha 1,1,1,1,1
+    python benchmarks/head_trial.py --run runs/toy22 --out runs/sf5 --parent-skip 1 --image-pos 1 --tasks edit,t2i --self-feed 0.5
 
 Needs a `puma-nb toy` run folder (`clip/model`, `decoders`); hard-link its `pretrain` into `--out` to start from its
 pretraining (`mkdir runs/ss1 && cp -al runs/toy17/pretrain runs/ss1/`), as the 06_mllm rows do. Reuses what `--out` already holds (a trained stage is
@@ -33,6 +35,9 @@ ap.add_argument("--image-pos", type=int, choices=(0, 1), required=True, help="ML
 ap.add_argument("--source-skip", type=int, choices=(0, 1), default=None, help="MLLMConfig.source_skip of the edit and conditional models (default: the recipe's)")
 ap.add_argument("--tasks", default="t2i", help="comma-separated: t2i, edit, conditional")
 ap.add_argument("--steps", type=int, default=None, help="each instruct model's steps (default: the toy preset's, 300)")
+ap.add_argument("--alpha", default=None, help="Eq. 2's α_0,…,α_4 for the instruct models, comma-separated (default: the paper's 1,8,64,512,1024)")
+ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction")
+ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes")
 ap.add_argument("--n", type=int, default=100, help="held-out examples per task")
 args = ap.parse_args()
 p, run, out, t0 = PRESETS["toy"], Path(args.run), Path(args.out), time.time()
@@ -54,6 +59,8 @@ for task in args.tasks.split(","):
     cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / task), progress=False)
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
     if args.source_skip is not None and task != "t2i": cfg.source_skip = bool(args.source_skip)
+    if args.alpha: cfg.loss = replace(cfg.loss, alpha=tuple(float(a) for a in args.alpha.split(",")))
+    cfg.loss = replace(cfg.loss, self_feed=args.self_feed, self_feed_passes=args.self_feed_passes)
     if not done(out / task): train_instruct(cfg)
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
@@ -61,4 +68,4 @@ for task in args.tasks.split(","):
     elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
     else: res[task], _ = conditional_table(m, tok, enc, Ds, items, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
-(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, **res}, indent=1))
+(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes, **res}, indent=1))

@@ -20,7 +20,7 @@ from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders,
                                     table1_markdown, train_decoders)
 from .training import ParamGroup, TrainConfig
 from .mllm import SCALE_ORDER, MLLMConfig, load_mllm
-from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
+from .pretrain import PROJECTORS, LossConfig, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
 from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
 from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
@@ -190,6 +190,7 @@ def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
 def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:
     "The tiny instruct recipe of one task, as `configs/instruct_tiny.yaml` writes it (a test keeps the two equal)."
     return InstructRunConfig(task=task, init=str(init), image_stride=384, data=InstructDataConfig(encoder=str(encoder)),
+                             loss=LossConfig(self_feed=1.0, self_feed_passes=2),  # scheduled sampling (06_mllm, *Reading its own features*)
                              train=TrainConfig(steps=300, batch_size=16, lr=5e-4, warmup_steps=15, schedule="cosine", grad_clip=5.0,
                                                precision="bf16", log_every=20, ckpt_every=100, out_dir=f"runs/instruct/{task}"))
 

@@ -28,8 +28,8 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid', 'unflatten_pyramid', 'Text',
            'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
            'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer',
-           'scale_shares', 'parent_features', 'source_places', 'source_features', 'puma_loss', 'build_prompt',
-           'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'scale_shares', 'parent_features', 'source_places', 'source_features', 'self_feed_inputs', 'puma_loss',
+           'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -381,29 +381,58 @@ def source_features(features:torch.Tensor, # `(N, C)`: a batch's features in pla
     s = features - parent_features(features, feature_index) if parent_skip else features
     return torch.where((src >= 0)[:, None], s[src.clamp(min=0)], torch.zeros_like(features))
 
+@torch.no_grad()
+def self_feed_inputs(model:PumaLM, # or DDP around one
+                     batch:dict, # a collated batch
+                     attention_mask:torch.Tensor|None, # as `puma_loss` passes it (None for right padding)
+                     p:float, # the share of target feature tokens whose input becomes the model's prediction
+                     passes:int=1, # each pass predicts every target token from the inputs of the pass before
+                    ) -> torch.Tensor:
+    "`batch['features']` with a random share `p` of the target tokens replaced by the model's own predictions of them (scheduled sampling): `(N, C)`."
+    # the passes run on every rank, with or without targets in its batch: an FSDP forward gathers weights from every rank;
+    # under DDP they run on the module inside (no gradients to reduce, and no buffer broadcast for one rank alone)
+    m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    ids, f, keep, k = batch["input_ids"], batch["features"], batch["feature_target"], batch["feature_index"]
+    fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
+    swap = keep & (torch.rand(keep.shape, device=keep.device) < p)
+    x = f
+    for _ in range(passes):
+        h, _ = m(ids, x, attention_mask, feature_index=k)
+        parents = parent_features(x, k)[keep] if m.parent_skip else None
+        sources = source_features(f, k, fb, fp, m.parent_skip)[keep] if m.source_skip else None
+        pred = f.clone()
+        pred[keep] = m.predict(h[fb[keep], fp[keep] - 1], parents, sources).to(f.dtype)
+        x = torch.where(swap[:, None], pred, f)
+    return x
+
 def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forward runs through the wrapper
               batch:dict,
               alpha:tuple[float, ...]=ALPHA, # α_0 … α_4
               ce_weight:float=0.02, # the weight of the text cross-entropy
               normalize:Literal["weights", "none"]="weights", # see above
+              self_feed:float=0.0, # the share of target feature tokens whose *input* is the model's own prediction (`self_feed_inputs`)
+              self_feed_passes:int=1, # how many no-grad passes make those predictions
              ) -> tuple[torch.Tensor, dict]:
     "Eq. 2 on a collated batch; also returns the CE and each scale's feature MSE (0 without image targets), for logging."
     ids, am = batch["input_ids"], batch["attention_mask"]
     # right padding (`collate_sequences`): under the causal mask no real token attends to a pad, so the padding mask
     # is dropped and attention keeps its fast path (no 4-D mask); a left-padded batch keeps its mask
     right_padded = bool((am[:, 1:] <= am[:, :-1]).all())
-    h, _ = model(ids, batch["features"], None if right_padded else am, feature_index=batch.get("feature_index"))
     m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # the heads and ids live on the model
+    fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
+    keep, scale = batch["feature_target"], batch["feature_scale"]
+    inputs = batch["features"]  # what the model reads; the targets stay batch["features"]
+    if self_feed > 0:  # on every rank alike (see `self_feed_inputs`)
+        inputs = self_feed_inputs(model, batch, None if right_padded else am, self_feed, self_feed_passes)
+    h, _ = model(ids, inputs, None if right_padded else am, feature_index=batch.get("feature_index"))
     prev = lambda b, p: h[b, p - 1]  # the hidden state before a token predicts it
     tb, tp = batch["text_target"].nonzero(as_tuple=True)
     # a batch without text or image targets still touches the head it does not train (with weight 0), so that
     # every rank of DDP or FSDP reduces a gradient for every parameter
     ce = F.cross_entropy(m.llm.lm_head(prev(tb, tp)).float(), ids[tb, tp]) if len(tb) else m.llm.lm_head(h[:1, :1]).sum() * 0
-    fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
-    keep, scale = batch["feature_target"], batch["feature_scale"]
     metrics = {"ce": ce.detach()}
     if keep.any():
-        parents = parent_features(batch["features"], batch["feature_index"])[keep] if m.parent_skip else None
+        parents = parent_features(inputs, batch["feature_index"])[keep] if m.parent_skip else None  # the parents it read, as in generation
         sources = source_features(batch["features"], batch["feature_index"], fb, fp, m.parent_skip)[keep] if m.source_skip else None
         pred = m.predict(prev(fb[keep], fp[keep]), parents, sources).float()
         err = (pred - batch["features"][keep].float()) ** 2

@@ -79,13 +79,17 @@ PROJECTORS = r"^(input_proj|output_proj|image_pos)\."
 
 @dataclass
 class LossConfig:
-    "Eq. 2's knobs."
+    "Eq. 2's knobs, and what the model reads while it learns them."
     alpha: tuple[float, ...] = ALPHA        # α_0 … α_4
     ce_weight: float = 0.02
     normalize: Literal["weights", "none"] = "weights"
+    self_feed: float = 0.0                  # share of target feature tokens read as the model's own prediction (06_mllm); 0 = PUMA
+    self_feed_passes: int = 1               # no-grad passes that make those predictions
 
     def validate(self):
         if len(self.alpha) != 5: raise ConfigError(f"alpha needs 5 weights (α_0 … α_4), got {len(self.alpha)}")
+        if not 0 <= self.self_feed <= 1: raise ConfigError(f"self_feed is a share of tokens, in [0, 1]; got {self.self_feed}")
+        if self.self_feed_passes < 1: raise ConfigError(f"self_feed_passes needs at least 1 pass, got {self.self_feed_passes}")
 
 @dataclass
 class PretrainDataConfig:
@@ -115,7 +119,7 @@ class PretrainRunConfig:
 
 def mllm_loss_fn(lc:LossConfig):
     "`loss_fn(model, batch)` for `fit`: Eq. 2, with its parts as metrics."
-    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize)
+    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize, lc.self_feed, lc.self_feed_passes)
 
 class TextLines(torch.utils.data.Dataset):
     "Text-only pretraining sequences from a JSONL file of `{\"text\": …}` lines, held in memory."

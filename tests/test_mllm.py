@@ -309,3 +309,43 @@ def test_right_padded_batches_train_without_a_padding_mask(tok, monkeypatch):
     puma_loss(m, b)
     puma_loss(m, {**b, "attention_mask": am.flip(1)})  # left padding: the mask stays
     assert masks[0] is None and torch.equal(masks[1], am.flip(1))
+
+
+def test_self_feed_reads_the_models_own_predictions(tok):
+    "Scheduled sampling: fed every target token with enough passes, the model reads exactly what it generates, and Eq. 2 is the free-running error."
+    from puma_nb.config import ConfigError
+    from puma_nb.mllm import self_feed_inputs
+    from puma_nb.pretrain import LossConfig
+    torch.manual_seed(0)
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, image_pos=True, parent_skip=True), tok).eval()
+    torch.nn.init.normal_(m.image_pos.weight)
+    words = ["a large red circle at the top left on a white background", "a small cyan triangle at the center on a black background"]
+    gen = generate_features(m, [build_prompt(tok, [Text(w)], open_image=True) for w in words], tok.pad_token_id)
+    b = collate_sequences([build_sequence(tok, [Text(w), Image(flatten_pyramid(pyr(seed=s)), target=True)]) for s, w in enumerate(words)],
+                          tok.pad_token_id)
+    f = b["features"]
+    assert torch.equal(self_feed_inputs(m, b, None, 0.0), f)
+    every = self_feed_inputs(m, b, None, 1.0, passes=N_FEATURES).view(2, N_FEATURES, 64)
+    assert torch.allclose(every, gen, atol=1e-4)
+    five = self_feed_inputs(m, b, None, 1.0, passes=5).view(2, N_FEATURES, 64)  # pass k gets token k - 1 right: f_4 and f_3
+    assert torch.allclose(five[:, :5], gen[:, :5], atol=1e-4) and not torch.allclose(five[:, 5:], gen[:, 5:], atol=1e-2)
+    torch.manual_seed(1)
+    half = self_feed_inputs(m, b, None, 0.5)
+    kept = (half == f).all(-1).float().mean()
+    assert 0.4 < float(kept) < 0.6, kept
+    with torch.no_grad():
+        plain, pp = puma_loss(m, b)
+        off, po = puma_loss(m, b, self_feed=0.0)
+        fed, pf = puma_loss(m, b, self_feed=1.0, self_feed_passes=N_FEATURES)
+    assert torch.equal(plain, off)
+    target = f.view(2, N_FEATURES, 64)
+    free = {i: float(((gen - target) ** 2)[:, (scale_index([i]))].mean()) for i in range(5)}  # the free-running error per scale
+    assert all(abs(float(pf[f"mse_f{i}"]) - free[i]) < 1e-4 * free[i] for i in range(5)), (pf, free)
+    assert float(pf["mse_f0"]) > float(pp["mse_f0"])  # an untrained model drifts: its own inputs make f_0 worse
+    # only the picture being generated is fed: an edit's source stays the encoder's
+    e = collate_sequences([build_sequence(tok, [Image(flatten_pyramid(pyr(seed=2))), Text("remove the red circle"),
+                                               Image(flatten_pyramid(pyr(seed=3)), target=True)])], tok.pad_token_id)
+    x = self_feed_inputs(m, e, None, 1.0)
+    assert torch.equal(x[~e["feature_target"]], e["features"][~e["feature_target"]]) and not torch.equal(x, e["features"])
+    for bad in (dict(self_feed=1.5), dict(self_feed=-0.1), dict(self_feed_passes=0)):
+        with pytest.raises(ConfigError): LossConfig(**bad).validate()
