@@ -36,8 +36,9 @@ ap.add_argument("--source-skip", type=int, choices=(0, 1), default=None, help="M
 ap.add_argument("--tasks", default="t2i", help="comma-separated: t2i, edit, conditional")
 ap.add_argument("--steps", type=int, default=None, help="each instruct model's steps (default: the toy preset's, 300)")
 ap.add_argument("--alpha", default=None, help="Eq. 2's α_0,…,α_4 for the instruct models, comma-separated (default: the paper's 1,8,64,512,1024)")
-ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction")
-ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes")
+ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction "
+                "(default 0, teacher forcing, as every 06_mllm row before self_feed was trained; the toy recipe uses 1)")
+ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes (the toy recipe uses 2)")
 ap.add_argument("--n", type=int, default=100, help="held-out examples per task")
 args = ap.parse_args()
 p, run, out, t0 = PRESETS["toy"], Path(args.run), Path(args.out), time.time()

@@ -395,11 +395,11 @@ def self_feed_inputs(model:PumaLM, # or DDP around one
     ids, f, keep, k = batch["input_ids"], batch["features"], batch["feature_target"], batch["feature_index"]
     fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
     swap = keep & (torch.rand(keep.shape, device=keep.device) < p)
+    sources = source_features(f, k, fb, fp, m.parent_skip)[keep] if m.source_skip else None  # the prompt's picture: never fed
     x = f
     for _ in range(passes):
         h, _ = m(ids, x, attention_mask, feature_index=k)
         parents = parent_features(x, k)[keep] if m.parent_skip else None
-        sources = source_features(f, k, fb, fp, m.parent_skip)[keep] if m.source_skip else None
         pred = f.clone()
         pred[keep] = m.predict(h[fb[keep], fp[keep] - 1], parents, sources).to(f.dtype)
         x = torch.where(swap[:, None], pred, f)

@@ -37,7 +37,7 @@ def test_pretrain_under_fsdp_on_two_ranks_equals_one_process(tmp_path, clip_dir)
 def test_pretrain_under_ddp_on_two_ranks_equals_one_process(tmp_path, clip_dir):
     # DDP, `fit`'s default for several ranks: puma_loss runs the forward through the wrapper and reads the heads from
     # the model inside it (it once asked the wrapper for `.llm` and stopped at step 1); the toy recipe's image_pos and
-    # parent_skip included, and self_feed's no-grad passes through the wrapper (with p = 1 every rank feeds the same tokens)
+    # parent_skip included, and self_feed's no-grad passes, run on the module inside the wrapper (with p = 1 every rank feeds the same tokens)
     args = [f"data.encoder={clip_dir}", "data.n_train=100", "train.steps=3", "train.warmup_steps=1", "train.batch_size=4",
             "train.micro_batch_size=2", "train.log_every=1", "train.progress=false", "train.precision=fp32",
             "loss.self_feed=1.0", "loss.self_feed_passes=2",
