@@ -24,7 +24,8 @@ from puma_nb.cli import PRESETS, TABLE1_SAMPLING, instruct_recipe, pretrain_reci
 from puma_nb.instruct import InstructData, conditional_table, edit_table, t2i_table, train_instruct
 from puma_nb.mllm import load_mllm
 from puma_nb.pretrain import train_pretrain
-from puma_nb.pyramid import load_encoder
+from puma_nb.decoder import load_puma_decoder
+from puma_nb.pyramid import SCALES, load_encoder
 from puma_nb.reconstruction import load_decoders
 
 ap = argparse.ArgumentParser()
@@ -39,6 +40,10 @@ ap.add_argument("--alpha", default=None, help="Eq. 2's α_0,…,α_4 for the ins
 ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction "
                 "(default 0, teacher forcing, as every 06_mllm row before self_feed was trained; the toy recipe uses 1)")
 ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes (the toy recipe uses 2)")
+ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the toy preset's, 600)")
+ap.add_argument("--pretrain-self-feed", type=float, default=0.0, help="LossConfig.self_feed of the pretraining (default 0: the toy recipe's, teacher forcing)")
+ap.add_argument("--pretrain-self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes of the pretraining")
+ap.add_argument("--decoders", type=int, default=5, help="score with D_0 … D_{N-1} only (1: f0 alone; the run folder then needs only unet_256)")
 ap.add_argument("--n", type=int, default=100, help="held-out examples per task")
 args = ap.parse_args()
 p, run, out, t0 = PRESETS["toy"], Path(args.run), Path(args.out), time.time()
@@ -46,13 +51,16 @@ encp = run / "clip" / "model"
 done = lambda d: (d / "model" / "model.safetensors").exists()
 
 pre = pretrain_recipe(encp)
-pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"), progress=False)
+n_pre = args.pretrain_steps or p.pretrain_steps
+pre.train = replace(pre.train, steps=n_pre, warmup_steps=max(1, n_pre // 50), out_dir=str(out / "pretrain"), progress=False)
 pre.data.n_train, pre.data.seed = p.n_train, p.seed
 pre.model = replace(pre.model, parent_skip=bool(args.parent_skip), image_pos=bool(args.image_pos))
+pre.loss = replace(pre.loss, self_feed=args.pretrain_self_feed, self_feed_passes=args.pretrain_self_feed_passes)
 if not done(out / "pretrain"): train_pretrain(pre)
 print(f"pretrained at {time.time() - t0:.0f} s", flush=True)
 
-enc, Ds, res = load_encoder(str(encp)), load_decoders(run / "decoders"), {}
+Ds = load_decoders(run / "decoders") if args.decoders == 5 else [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in range(args.decoders)]
+enc, res = load_encoder(str(encp)), {}
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):
     cfg = instruct_recipe(task, out / "pretrain" / "model", encp)
@@ -66,7 +74,8 @@ for task in args.tasks.split(","):
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
     if task == "t2i": res[task], _ = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), **sampling)
-    elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=(0, 1, 2, 3, 4), **sampling)
+    elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=tuple(range(len(Ds))), **sampling)
     else: res[task], _ = conditional_table(m, tok, enc, Ds, items, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
-(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes, **res}, indent=1))
+(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes,
+                                                "pretrain_self_feed": args.pretrain_self_feed, "pretrain_self_feed_passes": args.pretrain_self_feed_passes, **res}, indent=1))

@@ -251,3 +251,27 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     res = gen["decoded"][str(tmp_path / "five")]
     assert len(res["t2i f0 inputs"]) == 5 and set(res["generated"]) == {"f0", "f2"}
     assert set(res["generated"]["f2"]["conditional"]) == set(tw.CONDITION_KINDS) and 0 <= res["generated"]["f0"]["t2i"]["scene"] <= 100
+
+
+def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
+    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only."
+    import json, os
+    from puma_nb.decoder import save_puma_decoder
+    run, out = tmp_path / "run", tmp_path / "trial"
+    save_clip(tiny_clip(), TinyClipConfig(), run / "clip" / "model")
+    save_puma_decoder(build_decoder(0), run / "decoders" / "unet_256")  # D_0 alone: --decoders 1 needs no other
+    args = ["--run", run, "--out", out, "--parent-skip", 1, "--image-pos", 1, "--tasks", "t2i", "--pretrain-steps", 2, "--steps", 1,
+            "--self-feed", 1, "--self-feed-passes", 2, "--pretrain-self-feed", 0.5, "--pretrain-self-feed-passes", 2, "--decoders", 1, "--n", 4]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_trial.py"), *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pre = json.loads((out / "pretrain" / "config.json").read_text())
+    assert (pre["loss"]["self_feed"], pre["loss"]["self_feed_passes"], pre["train"]["steps"]) == (0.5, 2, 2)  # the pretraining's own
+    inst = json.loads((out / "t2i" / "config.json").read_text())
+    assert (inst["loss"]["self_feed"], inst["loss"]["self_feed_passes"], inst["train"]["steps"]) == (1.0, 2, 1)
+    rows = read_metrics(out / "pretrain")  # logged every 20 steps, and at the last
+    assert rows[-1]["step"] == 2 and all(np.isfinite(m["loss"]) for m in rows)
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["pretrain_self_feed"], scores["pretrain_self_feed_passes"]) == (0.5, 2)
+    assert set(scores["t2i"]) == {"f0", "max5"} and scores["t2i"]["max5"] == scores["t2i"]["f0"]  # one scale: its max is itself
+    assert all(0 <= v <= 1 for v in scores["t2i"]["f0"].values())
