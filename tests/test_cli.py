@@ -141,3 +141,15 @@ def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():
     assert first.data.questions == second.data.questions == p.questions
     assert second.init == first.train.out_dir + "/model" and second.data.input_scales == (4, 3, 2, 1, 0)
     assert second.train.steps == p.instruct_steps["understanding"]
+
+
+def test_the_instruct_configs_t2i_command_is_the_main_jobs():
+    "configs/instruct_tiny.yaml's header gives the main job's text-to-image run (its steps, `Preset.instruct_steps`, and warm-up)."
+    from puma_nb.cli import PRESETS
+    from puma_nb.config import load_config
+    from puma_nb.instruct import InstructRunConfig
+    path = ROOT / "configs" / "instruct_tiny.yaml"
+    cmds = [l.split("instruct_tiny.yaml", 1)[1].split() for l in path.read_text().splitlines() if l.startswith("#") and "task=t2i" in l]
+    assert len(cmds) == 1
+    cfg, n = load_config(InstructRunConfig, path, cmds[0]), PRESETS["toy"].instruct_steps["t2i"]
+    assert (cfg.task, cfg.train.steps, cfg.train.warmup_steps) == ("t2i", n, max(1, n // 20))  # as `build_mllms` sets them

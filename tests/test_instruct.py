@@ -254,7 +254,7 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
 
 
 def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
-    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only."
+    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only; then t2i_forced_shape.py on that model."
     import json, os
     from puma_nb.decoder import save_puma_decoder
     run, out = tmp_path / "run", tmp_path / "trial"
@@ -275,3 +275,10 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     assert (scores["pretrain_self_feed"], scores["pretrain_self_feed_passes"]) == (0.5, 2)
     assert set(scores["t2i"]) == {"f0", "max5"} and scores["t2i"]["max5"] == scores["t2i"]["f0"]  # one scale: its max is itself
     assert all(0 <= v <= 1 for v in scores["t2i"]["f0"].values())
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "t2i_forced_shape.py"), "--clip", str(run / "clip" / "model"),
+                        "--decoder", str(run / "decoders" / "unet_256"), "--model", str(out / "t2i" / "model"), "--n", "3", "--steps", "2"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    forced = json.loads(r.stdout.strip().splitlines()[-1])[str(out / "t2i" / "model")]  # f̂_0 written four ways, each decoded and parsed
+    assert list(forced) == ["teacher-forced", "1 passes", "2 passes", "free-running"]
+    assert all(0 <= row[k] <= 1 for row in forced.values() for k in ("color", "shape", "position", "scene")) and all(row["mse_f0"] > 0 for row in forced.values())
