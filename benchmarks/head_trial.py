@@ -26,7 +26,6 @@ from puma_nb.mllm import load_mllm
 from puma_nb.pretrain import train_pretrain
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.pyramid import SCALES, load_encoder
-from puma_nb.reconstruction import load_decoders
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/toy", help="a main-job run folder: its clip/model and decoders are used")
@@ -59,7 +58,7 @@ pre.loss = replace(pre.loss, self_feed=args.pretrain_self_feed, self_feed_passes
 if not done(out / "pretrain"): train_pretrain(pre)
 print(f"pretrained at {time.time() - t0:.0f} s", flush=True)
 
-Ds = load_decoders(run / "decoders") if args.decoders == 5 else [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in range(args.decoders)]
+Ds = [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in range(args.decoders)]  # D_0 … D_{N-1}
 enc, res = load_encoder(str(encp)), {}
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):

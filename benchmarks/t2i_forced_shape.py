@@ -25,27 +25,28 @@ enc, D0 = load_encoder(args.clip), load_puma_decoder(args.decoder).eval()
 items = [InstructData("t2i", args.n, "test", 0)[k] for k in range(args.n)]
 null = null_features(enc, 0, 64)
 
-def scores(f0: torch.Tensor) -> dict:
+def scores(f0: torch.Tensor, target: torch.Tensor) -> dict:
+    "The parser's scores of f̂_0 decoded by D_0, and its MSE to the encoder's f_0."
     surv = scene_survival(items, decode_features(D0, f0, null, seed=0, steps=args.steps, guidance=1.0, scheduler="ddim"))
-    return {k: round(float(np.mean([r[k] for r in surv])), 3) for k in ("color", "shape", "position", "scene")}
+    return {**{k: round(float(np.mean([r[k] for r in surv])), 3) for k in ("color", "shape", "position", "scene")},
+            "mse_f0": round(float(((f0 - target) ** 2).mean()), 3)}
 
 out = {}
 for path in args.model:
     m, tok, _ = load_mllm(path); m.eval()
     batch = t2i_collate(enc, tok)(items)
-    ids, f, keep, k = batch["input_ids"], batch["features"], batch["feature_target"], batch["feature_index"]
+    ids, f, k = batch["input_ids"], batch["features"], batch["feature_index"]
     fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
-    f0_place = (batch["feature_scale"] == 0)
+    f0_place = batch["feature_scale"] == 0
+    target = f[f0_place].view(len(items), 256, -1)
     rows = {}
     with torch.no_grad():
         for passes in (0, 1, 2):
             x = f if passes == 0 else self_feed_inputs(m, batch, None, 1.0, passes)
             h, _ = m(ids, x, None, feature_index=k)
             pred = m.predict(h[fb, fp - 1], parent_features(x, k) if m.parent_skip else None).float()
-            f0 = pred[f0_place].view(len(items), 256, -1)
-            rows[f"{passes} passes" if passes else "teacher-forced"] = {**scores(f0), "mse_f0": round(float(((f0 - f[f0_place].view_as(f0)) ** 2).mean()), 3)}
-        free = generate_pyramids(m, tok, enc, items, 0)[0]
-        rows["free-running"] = {**scores(free), "mse_f0": round(float(((free - f[f0_place].view_as(free)) ** 2).mean()), 3)}
+            rows[f"{passes} passes" if passes else "teacher-forced"] = scores(pred[f0_place].view_as(target), target)
+        rows["free-running"] = scores(generate_pyramids(m, tok, enc, items, 0)[0], target)
     out[path] = rows
     print(path, json.dumps(rows), flush=True)
 print(json.dumps(out))

@@ -262,8 +262,9 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     save_puma_decoder(build_decoder(0), run / "decoders" / "unet_256")  # D_0 alone: --decoders 1 needs no other
     args = ["--run", run, "--out", out, "--parent-skip", 1, "--image-pos", 1, "--tasks", "t2i", "--pretrain-steps", 2, "--steps", 1,
             "--self-feed", 1, "--self-feed-passes", 2, "--pretrain-self-feed", 0.5, "--pretrain-self-feed-passes", 2, "--decoders", 1, "--n", 4]
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_trial.py"), *map(str, args)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    script = lambda name, *a: subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, a)], capture_output=True, text=True,
+                                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    r = script("head_trial.py", *args)
     assert r.returncode == 0, r.stderr[-2000:]
     pre = json.loads((out / "pretrain" / "config.json").read_text())
     assert (pre["loss"]["self_feed"], pre["loss"]["self_feed_passes"], pre["train"]["steps"]) == (0.5, 2, 2)  # the pretraining's own
@@ -275,9 +276,8 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     assert (scores["pretrain_self_feed"], scores["pretrain_self_feed_passes"]) == (0.5, 2)
     assert set(scores["t2i"]) == {"f0", "max5"} and scores["t2i"]["max5"] == scores["t2i"]["f0"]  # one scale: its max is itself
     assert all(0 <= v <= 1 for v in scores["t2i"]["f0"].values())
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "t2i_forced_shape.py"), "--clip", str(run / "clip" / "model"),
-                        "--decoder", str(run / "decoders" / "unet_256"), "--model", str(out / "t2i" / "model"), "--n", "3", "--steps", "2"],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    r = script("t2i_forced_shape.py", "--clip", run / "clip" / "model", "--decoder", run / "decoders" / "unet_256", "--model", out / "t2i" / "model",
+               "--n", 3, "--steps", 2)
     assert r.returncode == 0, r.stderr[-2000:]
     forced = json.loads(r.stdout.strip().splitlines()[-1])[str(out / "t2i" / "model")]  # f̂_0 written four ways, each decoded and parsed
     assert list(forced) == ["teacher-forced", "1 passes", "2 passes", "free-running"]
