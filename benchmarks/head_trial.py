@@ -12,6 +12,8 @@ come from this script.
     python benchmarks/head_trial.py --run runs/toy17 --out runs/ss900 --parent-skip 1 --image-pos 1 --source-skip 1 --tasks edit --steps 900
     python benchmarks/head_trial.py --run runs/toy22 --out runs/a1 --parent-skip 1 --image-pos 1 --tasks edit --alpha 1,1,1,1,1
     python benchmarks/head_trial.py --run runs/toy22 --out runs/sf5 --parent-skip 1 --image-pos 1 --tasks edit,t2i --self-feed 0.5
+    python benchmarks/head_trial.py --run runs/x1 --out runs/x2t --init runs/x1d/t2i/model --parent-skip 1 --image-pos 1 \
+        --self-feed 1 --self-feed-passes 2 --decoders 1 --tasks conditional,edit   # 08_instruct, *Starting from text-to-image*
 
 Needs a `puma-nb toy` run folder (`clip/model`, `decoders`); hard-link its `pretrain` into `--out` to start from its
 pretraining (`mkdir runs/ss1 && cp -al runs/toy17/pretrain runs/ss1/`), as the 06_mllm rows do. Reuses what `--out` already holds (a trained stage is
@@ -42,6 +44,8 @@ ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self
 ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the toy preset's, 600)")
 ap.add_argument("--pretrain-self-feed", type=float, default=0.0, help="LossConfig.self_feed of the pretraining (default 0: the toy recipe's, teacher forcing)")
 ap.add_argument("--pretrain-self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes of the pretraining")
+ap.add_argument("--init", default=None, help="start every instruct model from this model folder (e.g. a finished text-to-image model, "
+                                           "`runs/toy25/instruct/t2i/model`) instead of `<out>/pretrain/model`; the pretraining is then not trained")
 ap.add_argument("--decoders", type=int, default=5, help="score with D_0 … D_{N-1} only (1: f0 alone; the run folder then needs only unet_256)")
 ap.add_argument("--n", type=int, default=100, help="held-out examples per task")
 args = ap.parse_args()
@@ -55,14 +59,14 @@ pre.train = replace(pre.train, steps=n_pre, warmup_steps=max(1, n_pre // 50), ou
 pre.data.n_train, pre.data.seed = p.n_train, p.seed
 pre.model = replace(pre.model, parent_skip=bool(args.parent_skip), image_pos=bool(args.image_pos))
 pre.loss = replace(pre.loss, self_feed=args.pretrain_self_feed, self_feed_passes=args.pretrain_self_feed_passes)
-if not done(out / "pretrain"): train_pretrain(pre)
+if not args.init and not done(out / "pretrain"): train_pretrain(pre)
 print(f"pretrained at {time.time() - t0:.0f} s", flush=True)
 
 Ds = [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in range(args.decoders)]  # D_0 … D_{N-1}
 enc, res = load_encoder(str(encp)), {}
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):
-    cfg = instruct_recipe(task, out / "pretrain" / "model", encp)
+    cfg = instruct_recipe(task, args.init or out / "pretrain" / "model", encp)
     n = args.steps or p.instruct_steps[task]
     cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / task), progress=False)
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
@@ -74,7 +78,7 @@ for task in args.tasks.split(","):
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
     if task == "t2i": res[task], _ = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), **sampling)
     elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=tuple(range(len(Ds))), **sampling)
-    else: res[task], _ = conditional_table(m, tok, enc, Ds, items, **sampling)
+    else: res[task], _ = conditional_table(m, tok, enc, Ds, items, scales=tuple(range(len(Ds))), **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
 (out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes,
-                                                "pretrain_self_feed": args.pretrain_self_feed, "pretrain_self_feed_passes": args.pretrain_self_feed_passes, **res}, indent=1))
+                                                "init": args.init, "pretrain_self_feed": args.pretrain_self_feed, "pretrain_self_feed_passes": args.pretrain_self_feed_passes, **res}, indent=1))

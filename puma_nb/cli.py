@@ -47,6 +47,8 @@ class Preset:
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
     instruct_steps: dict = field(default_factory=lambda: {"t2i": 1200, "edit": 300, "conditional": 300, "understanding": 300})  # t2i 1200:
                                                # f0 keeps colours 98%, shapes 69% (300: 82.5 / 38%; 06_mllm, *Where the shapes go*)
+    instruct_init: dict = field(default_factory=lambda: {"edit": "t2i", "conditional": "t2i"})  # these models start from the finished
+                                               # model of that task, not the pretraining (08_instruct, *Starting from text-to-image*)
     understanding_first: tuple = ((2,), 1500)  # the understanding model first reads only these scales for this many steps, then
                                                # all five for instruct_steps["understanding"] (08_instruct, *Reading f2 first*); () skips it
     table5_steps: int = 300  # each understanding model of Table 5, one per input (f4 … f0 and all five), from the pretraining checkpoint
@@ -54,6 +56,14 @@ class Preset:
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
     qa_n: int = 500  # test questions for understanding and Table 5 (answers are cheap; ±2 points instead of ±5 at 100)
     seed: int = 0  # ShapesWorld seed
+
+    def __post_init__(self):
+        for task, src in self.instruct_init.items():
+            if task not in INSTRUCT_TASKS or task == "understanding":
+                raise ValueError(f"Preset.instruct_init: {task!r} is not an image task ({INSTRUCT_TASKS[:3]}; the understanding "
+                                 "model's first phase is `understanding_first`)")
+            if src not in INSTRUCT_TASKS or INSTRUCT_TASKS.index(src) >= INSTRUCT_TASKS.index(task):
+                raise ValueError(f"Preset.instruct_init[{task!r}] = {src!r}: a model starts from one trained before it, in {INSTRUCT_TASKS}")
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
@@ -198,7 +208,7 @@ def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunCon
 def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensors").exists()
 
 def build_mllms(p:Preset, out:Path) -> dict:
-    "Pretrain the MLLM, then tune the four instruct models from it (each resuming, and skipped once saved)."
+    "Pretrain the MLLM, then tune the four instruct models from it or, by `p.instruct_init`, from one another (each resuming, and skipped once saved)."
     enc, steps = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}
     pre = pretrain_recipe(enc)
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
@@ -218,7 +228,8 @@ def build_mllms(p:Preset, out:Path) -> dict:
                 scales, n1 = p.understanding_first
                 understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
             understanding("understanding", n, init=init); continue
-        cfg = instruct_recipe(task, out / "pretrain" / "model", enc)
+        init = out / "instruct" / p.instruct_init[task] / "model" if task in p.instruct_init else out / "pretrain" / "model"
+        cfg = instruct_recipe(task, init, enc)
         cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
         cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
         if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
@@ -227,7 +238,7 @@ def build_mllms(p:Preset, out:Path) -> dict:
     if p.understanding_first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
     steps["table5"] = p.table5_steps
     first = p.understanding_first and {"scales": list(p.understanding_first[0]), "steps": p.understanding_first[1]}
-    return {"steps": steps, "understanding_first": first or None,
+    return {"steps": steps, "understanding_first": first or None, "init": dict(p.instruct_init),
             "recipes": {"pretrain": "configs/pretrain_tiny.yaml", "instruct": "configs/instruct_tiny.yaml"}}
 
 def _save(out:Path, task:str, items:list[dict], pictures:dict, index:list, seed:int=0, **row):
@@ -369,7 +380,9 @@ def mllm_report(report:dict) -> list[str]:
              f"Pretraining {info['steps']['pretrain']} steps, then four instruct models "
              f"({', '.join(f'{t} {n}' for t, n in info['steps'].items() if t not in ('pretrain', 'table5'))} steps"
              + (f"; the understanding model first reads only {'+'.join(f'f{i}' for i in first['scales'])} for {first['steps']} steps, "
-                "then all five scales" if first else "") + f"), recipes in {info['recipes']}. "
+                "then all five scales" if first else "")
+             + "".join(f"; {t} starts from the finished {src} model" for t, src in info.get("init", {}).items())  # runs before it lack it
+             + f"), recipes in {info['recipes']}. "
              f"Each test below uses {report['eval_info']['n']} held-out examples (understanding and Table 5: "
              f"{report['eval_info'].get('qa_n', report['eval_info']['n'])} questions); pictures decoded with {report['eval_info']['sampling']}.",
              "", f"### Understanding: exact-match accuracy {pct(u['accuracy'])}", "",

@@ -77,6 +77,12 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert cfgs["understanding_all"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
     assert report["mllm_info"]["understanding_first"] == {"scales": [2], "steps": 1}
     assert "first reads only f2 for 1 steps" in (out / "REPORT.md").read_text()
+    # the edit and conditional models start from the finished text-to-image model (Preset.instruct_init), t2i from the pretraining
+    image = {t: json.loads((out / "instruct" / t / "config.json").read_text())["init"] for t in ("t2i", "edit", "conditional")}
+    assert image == {"t2i": str(out / "pretrain" / "model"), "edit": str(out / "instruct" / "t2i" / "model"),
+                     "conditional": str(out / "instruct" / "t2i" / "model")}
+    assert report["mllm_info"]["init"] == {"edit": "t2i", "conditional": "t2i"}
+    assert "edit starts from the finished t2i model" in (out / "REPORT.md").read_text()
     assert "an answer of the asked kind" in (out / "REPORT.md").read_text() and set(report["understanding"]["well_formed"]) <= set(report["understanding"]["per_kind"])
     text = (out / "REPORT.md").read_text()
     assert "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |" in text
@@ -89,6 +95,20 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
 def test_bad_preset_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "puma_nb.cli", "huge"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
+
+
+def test_a_preset_whose_models_start_from_a_later_one_is_a_clear_error():
+    "Preset.instruct_init names, for an image task, a task trained before it (INSTRUCT_TASKS' order)."
+    import pytest
+    from puma_nb.cli import PRESETS, Preset
+    assert PRESETS["toy"].instruct_init == {"edit": "t2i", "conditional": "t2i"}
+    with pytest.raises(ValueError, match=r"instruct_init\['t2i'\] = 'edit': a model starts from one trained before it"):
+        Preset("bad", 10, 10, 10, instruct_init={"t2i": "edit"})
+    with pytest.raises(ValueError, match=r"instruct_init\['edit'\] = 'pretrain'"):
+        Preset("bad", 10, 10, 10, instruct_init={"edit": "pretrain"})
+    with pytest.raises(ValueError, match="'understanding' is not an image task"):
+        Preset("bad", 10, 10, 10, instruct_init={"understanding": "t2i"})
+    assert Preset("plain", 10, 10, 10, instruct_init={}).instruct_init == {}  # every model from the pretraining, as PUMA
 
 
 def test_config_file_matches_the_main_jobs_decoder_recipe():
@@ -124,6 +144,22 @@ def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
     assert cli.main(["smoke"]) == 0
     out = capsys.readouterr().out
     assert "interrupted" in out and "preempted at step 3; rerun the same command to resume" in out
+
+
+def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_model():
+    "configs/instruct_tiny.yaml's header gives the main job's edit and conditional runs, each from the t2i run's model (`Preset.instruct_init`)."
+    from puma_nb.cli import PRESETS
+    from puma_nb.config import load_config
+    from puma_nb.instruct import InstructRunConfig
+    path = ROOT / "configs" / "instruct_tiny.yaml"
+    lines = [l.split("instruct_tiny.yaml", 1)[1].split() for l in path.read_text().splitlines() if l.startswith("#") and "instruct_tiny.yaml" in l and "task=understanding" not in l]
+    runs = {c.task: c for c in (load_config(InstructRunConfig, path, a) for a in lines)}
+    assert len(runs) == len(lines), lines  # one command a task
+    p = PRESETS["toy"]
+    assert set(runs) == {"t2i", *p.instruct_init} and runs["t2i"].init == "runs/pretrain/model"
+    for task, src in p.instruct_init.items():
+        assert runs[task].init == runs[src].train.out_dir + "/model" and runs[task].train.out_dir == f"runs/instruct/{task}"
+        assert runs[task].train.steps == p.instruct_steps[task]
 
 
 def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():

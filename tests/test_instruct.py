@@ -254,7 +254,7 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
 
 
 def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
-    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only; then t2i_forced_shape.py on that model."
+    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`); then t2i_forced_shape.py on the t2i model."
     import json, os
     from puma_nb.decoder import save_puma_decoder
     run, out = tmp_path / "run", tmp_path / "trial"
@@ -276,6 +276,14 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     assert (scores["pretrain_self_feed"], scores["pretrain_self_feed_passes"]) == (0.5, 2)
     assert set(scores["t2i"]) == {"f0", "max5"} and scores["t2i"]["max5"] == scores["t2i"]["f0"]  # one scale: its max is itself
     assert all(0 <= v <= 1 for v in scores["t2i"]["f0"].values())
+    r = script("head_trial.py", "--run", run, "--out", tmp_path / "from_t2i", "--parent-skip", 1, "--image-pos", 1, "--tasks", "conditional",
+               "--init", out / "t2i" / "model", "--steps", 1, "--decoders", 1, "--n", 3)  # a conditional model tuned from that t2i model
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (tmp_path / "from_t2i" / "pretrain").exists()  # --init: no pretraining of its own
+    cond = json.loads((tmp_path / "from_t2i" / "conditional" / "config.json").read_text())
+    assert (cond["init"], cond["task"], cond["train"]["steps"]) == (str(out / "t2i" / "model"), "conditional", 1)
+    scores = json.loads((tmp_path / "from_t2i" / "scores.json").read_text())
+    assert scores["init"] == str(out / "t2i" / "model") and set(scores["conditional"]["canny"]["per_scale"]) == {"f0"}
     r = script("t2i_forced_shape.py", "--clip", run / "clip" / "model", "--decoder", run / "decoders" / "unet_256", "--model", out / "t2i" / "model",
                "--n", 3, "--steps", 2)
     assert r.returncode == 0, r.stderr[-2000:]
