@@ -63,7 +63,7 @@ if not args.init and not done(out / "pretrain"): train_pretrain(pre)
 print(f"pretrained at {time.time() - t0:.0f} s", flush=True)
 
 Ds = [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in range(args.decoders)]  # D_0 … D_{N-1}
-enc, res = load_encoder(str(encp)), {}
+enc, res, scales = load_encoder(str(encp)), {}, tuple(range(args.decoders))  # the scales the loaded decoders draw
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):
     cfg = instruct_recipe(task, args.init or out / "pretrain" / "model", encp)
@@ -77,8 +77,8 @@ for task in args.tasks.split(","):
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
     if task == "t2i": res[task], _ = t2i_table(m, tok, enc, Ds, items, seeds=(0, 1), **sampling)
-    elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=tuple(range(len(Ds))), **sampling)
-    else: res[task], _ = conditional_table(m, tok, enc, Ds, items, scales=tuple(range(len(Ds))), **sampling)
+    elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=scales, **sampling)
+    else: res[task], _ = conditional_table(m, tok, enc, Ds, items, scales=scales, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
 (out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes,
                                                 "init": args.init, "pretrain_self_feed": args.pretrain_self_feed, "pretrain_self_feed_passes": args.pretrain_self_feed_passes, **res}, indent=1))

@@ -60,7 +60,7 @@ class Preset:
     def __post_init__(self):
         for task, src in self.instruct_init.items():
             if task not in INSTRUCT_TASKS or task == "understanding":
-                raise ValueError(f"Preset.instruct_init: {task!r} is not an image task ({INSTRUCT_TASKS[:3]}; the understanding "
+                raise ValueError(f"Preset.instruct_init: {task!r} is not an image task ({tuple(t for t in INSTRUCT_TASKS if t != 'understanding')}; the understanding "
                                  "model's first phase is `understanding_first`)")
             if src not in INSTRUCT_TASKS or INSTRUCT_TASKS.index(src) >= INSTRUCT_TASKS.index(task):
                 raise ValueError(f"Preset.instruct_init[{task!r}] = {src!r}: a model starts from one trained before it, in {INSTRUCT_TASKS}")
