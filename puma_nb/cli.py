@@ -5,6 +5,7 @@
 # %% ../nbs/99_cli.ipynb #6f6b4253
 from __future__ import annotations
 import argparse, json, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,10 +27,50 @@ from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, Instruct
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
-__all__ = ['PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'Preset', 'Interrupted', 'build_data',
-           'dataset_card', 'build_encoder', 'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe',
-           'build_mllms', 'evaluate_mllms', 'figure6', 'picture_grid', 'human_report', 'mllm_report', 'run_main_job',
-           'main']
+__all__ = ['STAGES', 'PRESETS', 'TABLE1_SAMPLING', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'JobClock', 'Preset',
+           'Interrupted', 'build_data', 'dataset_card', 'build_encoder', 'decoder_recipe', 'build_decoders',
+           'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms', 'figure6', 'picture_grid',
+           'human_report', 'stage_table', 'mllm_report', 'run_main_job', 'main']
+
+# %% ../nbs/99_cli.ipynb #5f502cfd
+STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
+
+def _hms(s:float) -> str: return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+class JobClock:
+    "Times the main job's `STAGES` and prints, before each, the time so far and an estimate of the time left."
+    def __init__(self, expected:dict, # reference seconds of each stage (`Preset.expected_seconds`); {}: no estimate
+                 clock=time.monotonic, # seconds now (a test passes a fake one)
+                 out=print, # where the stage lines go
+                 skipped:float=0.05, # a stage faster than this fraction of its reference was found finished: not in the ratio
+                ):
+        unknown = set(expected) - set(STAGES)
+        if unknown: raise ValueError(f"expected seconds for unknown stages {sorted(unknown)}; the stages are {STAGES}")
+        if any(not v > 0 for v in expected.values()): raise ValueError(f"expected seconds must be positive: {expected}")
+        self.expected, self.clock, self.out, self.skipped = dict(expected), clock, out, skipped
+        self.seconds, self.t0 = {}, clock()
+
+    def speed(self) -> float:
+        "Seconds here per reference second, over the finished stages that did their work (1 before any)."
+        ran = [(t, self.expected[s]) for s, t in self.seconds.items() if s in self.expected and t >= self.skipped * self.expected[s]]
+        return sum(t for t, _ in ran) / sum(e for _, e in ran) if ran else 1.0
+
+    def left(self, stage:str) -> float|None:
+        "Expected seconds of `stage` and every stage after it, on this machine; None when a reference is missing."
+        rest = STAGES[STAGES.index(stage):]
+        if any(s not in self.expected for s in rest): return None
+        return self.speed() * sum(self.expected[s] for s in rest)
+
+    @contextmanager
+    def stage(self, name:str): # one of `STAGES`
+        "Time the `with` block as stage `name`, after printing where the job stands."
+        if name not in STAGES: raise ValueError(f"unknown stage {name!r}; the stages are {STAGES}")
+        left = self.left(name)
+        self.out(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name} · {_hms(self.clock() - self.t0)} so far · "
+                 + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset"))
+        t = self.clock()
+        try: yield
+        finally: self.seconds[name] = round(self.seconds.get(name, 0.0) + self.clock() - t, 1)
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -56,8 +97,11 @@ class Preset:
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
     qa_n: int = 500  # test questions for understanding and Table 5 (answers are cheap; ±2 points instead of ±5 at 100)
     seed: int = 0  # ShapesWorld seed
+    expected_seconds: dict = field(default_factory=dict)  # each stage's seconds (`STAGES`) on the reference 2-core CPU, for the ETA
+                                                          # (`JobClock`); {}: no estimate
 
     def __post_init__(self):
+        JobClock(self.expected_seconds)  # unknown stages and non-positive seconds are errors here, not at the stage
         for task, src in self.instruct_init.items():
             if task not in INSTRUCT_TASKS or task == "understanding":
                 raise ValueError(f"Preset.instruct_init: {task!r} is not an image task ({tuple(t for t in INSTRUCT_TASKS if t != 'understanding')}; the understanding "
@@ -67,8 +111,11 @@ class Preset:
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
-                           eval_n=6, qa_n=6),
-           "toy": Preset("toy", 20_000, 500, 500)}
+                           eval_n=6, qa_n=6, expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
+           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds, 2026-12-02: data … conditional measured from an empty folder
+                         # (runs/toy25); understanding, table5 and evaluation estimated (its f2 phase's 0.67 s a step, the others' steps
+                         # at about the t2i rate without self_feed, and runs/toy24's evaluation), as that run was stopped in them
+                         expected_seconds={"data": 41, "clip": 573, "decoders": 1584, "table1": 66, "pretrain": 545, "t2i": 1943, "edit": 1094, "conditional": 974, "understanding": 1300, "table5": 1080, "evaluation": 350})}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
@@ -157,11 +204,17 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
 
 TABLE1_SAMPLING = dict(scheduler="ddim", guidance=1.0)  # with `steps` from the preset
 
-def build_decoders(p:Preset, out:Path, lpips:tuple|None=None) -> dict:
+def build_decoders(p:Preset, out:Path, lpips:tuple|None=None, clock:JobClock|None=None) -> dict:
     "Train D_0 … D_4 (resuming, skipping finished ones), measure Table 1, draw Figure 3, write the decodings to `samples/`."
+    clock = clock or JobClock({}, out=lambda line: None)
+    with clock.stage("decoders"):
+        for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders").values(): _done(res)
+    with clock.stage("table1"): return _table1(p, out, lpips)
+
+def _table1(p:Preset, out:Path, lpips:tuple|None) -> dict:
+    "Table 1 and Figure 3 from the trained decoders, once: a resumed job reads `table1.json`."
     import matplotlib.pyplot as plt
     from PIL import Image
-    for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders").values(): _done(res)
     if (out / "table1.json").exists() and (out / "figure3.png").exists():  # measured before an interruption
         return json.loads((out / "table1.json").read_text())
     clip, ccfg = load_clip(out / "clip" / "model")
@@ -207,13 +260,15 @@ def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunCon
 
 def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensors").exists()
 
-def build_mllms(p:Preset, out:Path) -> dict:
+def build_mllms(p:Preset, out:Path, clock:JobClock|None=None) -> dict:
     "Pretrain the MLLM, then tune the four instruct models from it or, by `p.instruct_init`, from one another (each resuming, and skipped once saved)."
+    clock = clock or JobClock({}, out=lambda line: None)
     enc, steps = out / "clip" / "model", {"pretrain": p.pretrain_steps, **p.instruct_steps}
     pre = pretrain_recipe(enc)
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
-    if not _finished(out / "pretrain"): _done(train_pretrain(pre))
+    with clock.stage("pretrain"):
+        if not _finished(out / "pretrain"): _done(train_pretrain(pre))
     def understanding(name:str, steps:int, scales=SCALE_ORDER, init:Path=out / "pretrain" / "model"):
         "One understanding model in `instruct/<name>`, `p.questions` questions a picture, reading `scales`."
         cfg = instruct_recipe("understanding", init, enc)
@@ -222,20 +277,22 @@ def build_mllms(p:Preset, out:Path) -> dict:
         if not _finished(out / "instruct" / name): _done(train_instruct(cfg))
     for task in INSTRUCT_TASKS:
         n = p.instruct_steps[task]
-        if task == "understanding":  # first one scale's tokens (a short sequence, many pictures), then all five
-            init = out / "pretrain" / "model"
-            if p.understanding_first:
-                scales, n1 = p.understanding_first
-                understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
-            understanding("understanding", n, init=init); continue
-        init = out / "instruct" / p.instruct_init[task] / "model" if task in p.instruct_init else out / "pretrain" / "model"
-        cfg = instruct_recipe(task, init, enc)
-        cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
-        cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
-        if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
-    for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture, and from all five, with equal steps
-        understanding(f"understanding_f{i}", p.table5_steps, (i,))
-    if p.understanding_first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
+        with clock.stage(task):
+            if task == "understanding":  # first one scale's tokens (a short sequence, many pictures), then all five
+                init = out / "pretrain" / "model"
+                if p.understanding_first:
+                    scales, n1 = p.understanding_first
+                    understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
+                understanding("understanding", n, init=init); continue
+            init = out / "instruct" / p.instruct_init[task] / "model" if task in p.instruct_init else out / "pretrain" / "model"
+            cfg = instruct_recipe(task, init, enc)
+            cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
+            cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
+            if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
+    with clock.stage("table5"):
+        for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture, and from all five, with equal steps
+            understanding(f"understanding_f{i}", p.table5_steps, (i,))
+        if p.understanding_first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
     steps["table5"] = p.table5_steps
     first = p.understanding_first and {"scales": list(p.understanding_first[0]), "steps": p.understanding_first[1]}
     return {"steps": steps, "understanding_first": first or None, "init": dict(p.instruct_init),
@@ -346,6 +403,7 @@ def human_report(report:dict) -> str:
     lines = [f"# PUMA on ShapesWorld — preset `{report['preset']}`", "",
              f"{report['seconds']:.0f} s on this machine. Stand-ins for the paper's backbones:", ""]
     lines += [f"- **{k}**: {v}" for k, v in report["stand_ins"].items()]
+    lines += stage_table(report.get("stage_seconds", {}), report["config"].get("expected_seconds", {}))
     lines += ["", "## Pyramid features (§3.1)", "",
               f"Tiny CLIP caption retrieval among {report['config']['n_test']} test captions: text→image top-1 "
               f"{report['pyramid']['retrieval']['t2i_top1']:.1%}, image→text {report['pyramid']['retrieval']['i2t_top1']:.1%}.",
@@ -364,6 +422,17 @@ def human_report(report:dict) -> str:
     lines += ["", "## Figure 3", "", "![An original and its decodings from f0 to f4](figure3.png)", ""]
     if "table2" in report: lines += mllm_report(report)
     return "\n".join(lines)
+
+def stage_table(seconds:dict, # each stage's seconds in this run (`JobClock.seconds`)
+                expected:dict, # the preset's reference seconds (`Preset.expected_seconds`)
+               ) -> list[str]:
+    "Where the time went: `REPORT.md`'s table of stages, beside the reference machine's seconds."
+    if not seconds: return []  # a report from before the stages were timed
+    ref = lambda s: f"{expected[s]:.0f}" if s in expected else "–"
+    rows = [f"| {s} | {seconds[s]:.0f} | {ref(s)} |" for s in STAGES if s in seconds]
+    total = f"| all | {sum(seconds.values()):.0f} | {sum(expected.values()):.0f} |" if expected else f"| all | {sum(seconds.values()):.0f} | – |"
+    return ["", "Where the time went, in seconds, beside the reference machine's (`Preset.expected_seconds`, the job's ETA):", "",
+            "| stage | here | reference |", "|---|---|---|", *rows, total]
 
 PAPER_TABLE6 = {"f4": (0.699, 0.295), "f3": (0.703, 0.300), "f2": (0.703, 0.301), "f1": (0.693, 0.299), "f0": (0.621, 0.280),
                 "max5": (0.736, 0.317)}  # MSCOCO-30K: CLIP-I, CLIP-T (Tables 2 and 6)
@@ -458,16 +527,18 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
     out = Path(out_dir or f"runs/{preset}")
     out.mkdir(parents=True, exist_ok=True)
     print(f"puma-nb {preset}: writing {out}/")
-    stats = build_data(p, out)
-    (out / "DATASET_CARD.md").write_text(dataset_card(p, stats))
-    fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
-    pyr = build_encoder(p, out)
+    clock = JobClock(p.expected_seconds)
+    with clock.stage("data"):
+        stats = build_data(p, out)
+        (out / "DATASET_CARD.md").write_text(dataset_card(p, stats))
+        fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
+    with clock.stage("clip"): pyr = build_encoder(p, out)
     lpips = lpips_metric()
-    rec = build_decoders(p, out, lpips)
-    mllm_info = build_mllms(p, out)
-    ev = evaluate_mllms(p, out, lpips[0])
+    rec = build_decoders(p, out, lpips, clock)
+    mllm_info = build_mllms(p, out, clock)
+    with clock.stage("evaluation"): ev = evaluate_mllms(p, out, lpips[0])
     (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index") + ev.pop("index"), indent=0))
-    report = {"preset": preset, "seconds": round(time.time() - t0, 1), "config": to_dict(p), "dataset": stats,
+    report = {"preset": preset, "seconds": round(time.time() - t0, 1), "stage_seconds": clock.seconds, "config": to_dict(p), "dataset": stats,
               "pyramid": pyr, "table1": rec.pop("table1"), "table1_info": rec, "mllm_info": mllm_info, **ev,
               "stand_ins": {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) "
                                        "in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",

@@ -19,6 +19,10 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "smoke" and report["seconds"] > 0
+    # before each stage, the time so far and the ETA of the rest (JobClock, from Preset.expected_seconds); each stage timed
+    from puma_nb.cli import STAGES
+    assert "[1/11] data · 0:00:00 so far · about " in r.stdout and "[11/11] evaluation · " in r.stdout
+    assert list(report["stage_seconds"]) == list(STAGES) and sum(report["stage_seconds"].values()) <= report["seconds"]
     splits = report["dataset"]["splits"]
     assert {k: v["scenes"] for k, v in splits.items()} == {"train": 1000, "val": 100, "test": 100}
     assert all(v["parser_exact"] == 1.0 for v in splits.values())
@@ -109,6 +113,15 @@ def test_a_preset_whose_models_start_from_a_later_one_is_a_clear_error():
     with pytest.raises(ValueError, match="'understanding' is not an image task"):
         Preset("bad", 10, 10, 10, instruct_init={"understanding": "t2i"})
     assert Preset("plain", 10, 10, 10, instruct_init={}).instruct_init == {}  # every model from the pretraining, as PUMA
+
+
+def test_both_presets_have_an_eta_for_every_stage():
+    "The main job's ETA needs each stage's reference seconds (Preset.expected_seconds, measured on the 2-core CPU)."
+    import pytest
+    from puma_nb.cli import PRESETS, STAGES, Preset
+    assert all(set(p.expected_seconds) == set(STAGES) for p in PRESETS.values())
+    with pytest.raises(ValueError, match=r"unknown stages \['decoder'\]"):
+        Preset("bad", 10, 10, 10, expected_seconds={"decoder": 60})
 
 
 def test_config_file_matches_the_main_jobs_decoder_recipe():
