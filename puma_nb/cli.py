@@ -70,7 +70,7 @@ class JobClock:
                  + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset"))
         t = self.clock()
         try: yield
-        finally: self.seconds[name] = round(self.seconds.get(name, 0.0) + self.clock() - t, 1)
+        finally: self.seconds[name] = round(self.clock() - t, 1)
 
 # %% ../nbs/99_cli.ipynb #63a50b77
 @dataclass
@@ -430,7 +430,7 @@ def stage_table(seconds:dict, # each stage's seconds in this run (`JobClock.seco
     if not seconds: return []  # a report from before the stages were timed
     ref = lambda s: f"{expected[s]:.0f}" if s in expected else "–"
     rows = [f"| {s} | {seconds[s]:.0f} | {ref(s)} |" for s in STAGES if s in seconds]
-    total = f"| all | {sum(seconds.values()):.0f} | {sum(expected.values()):.0f} |" if expected else f"| all | {sum(seconds.values()):.0f} | – |"
+    total = f"| all | {sum(seconds.values()):.0f} | {f'{sum(expected.values()):.0f}' if expected else '–'} |"
     return ["", "Where the time went, in seconds, beside the reference machine's (`Preset.expected_seconds`, the job's ETA):", "",
             "| stage | here | reference |", "|---|---|---|", *rows, total]
 
