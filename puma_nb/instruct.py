@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_instruct.ipynb #6fcd16e4
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +25,9 @@ from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'ANSWER_WORDS', 'CONDITIONAL_SCORE', 'InstructData',
            'instruct_segments', 'chat_segments', 'encode_items', 'instruct_collate', 'InstructDataConfig',
-           'InstructRunConfig', 'T2IPair', 'instruct_data', 'train_instruct', 'generate_pyramids', 'generate_images',
-           'answer', 'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores', 't2i_table',
-           'edit_table', 'conditional_right', 'conditional_table']
+           'InstructRunConfig', 'T2IPair', 'instruct_data', 'instruct_loss_fn', 'train_instruct', 'generate_pyramids',
+           'generate_images', 'answer', 'scene_survival', 'scene_scores', 'inpaint_restored', 'understanding_scores',
+           't2i_table', 'edit_table', 'conditional_right', 'conditional_table']
 
 # %% ../nbs/08_instruct.ipynb #f5b788ab
 INSTRUCT_TASKS = ("t2i", "edit", "conditional", "understanding")
@@ -193,6 +193,10 @@ def instruct_data(cfg:InstructRunConfig):
         return read_manifest(d.manifest, MANIFEST_KIND[cfg.task], d.image_size, seed=d.seed, p_instruction=d.p_instruction)
     return InstructData(cfg.task, d.n_train, "train", d.seed, d.p_instruction, d.questions)
 
+def instruct_loss_fn(cfg:InstructRunConfig):
+    "Eq. 2 for one task. An understanding sequence has no image targets, so `self_feed` is off there: its passes would only cost time."
+    return mllm_loss_fn(cfg.loss if cfg.task != "understanding" else replace(cfg.loss, self_feed=0.0))
+
 def train_instruct(cfg:InstructRunConfig) -> FitResult:
     "Fine-tune the pretraining checkpoint on one task; save the model folder to `<out_dir>/model`."
     cfg.validate(); cfg.data.validate()
@@ -206,7 +210,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
     ds = instruct_data(cfg)
-    res = fit(model, mllm_loss_fn(cfg.loss), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
+    res = fit(model, instruct_loss_fn(cfg), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
     if exports(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, mcfg, Path(cfg.train.out_dir) / "model")
