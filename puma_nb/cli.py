@@ -112,10 +112,10 @@ class Preset:
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
                            eval_n=6, qa_n=6, expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
-           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds, 2026-12-02: data … conditional measured from an empty folder
-                         # (runs/toy25); understanding, table5 and evaluation estimated (its f2 phase's 0.67 s a step, the others' steps
-                         # at about the t2i rate without self_feed, and runs/toy24's evaluation), as that run was stopped in them
-                         expected_seconds={"data": 41, "clip": 573, "decoders": 1584, "table1": 66, "pretrain": 545, "t2i": 1943, "edit": 1094, "conditional": 974, "understanding": 1300, "table5": 1080, "evaluation": 350})}
+           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: every stage measured from an empty folder, 2026-12-02
+                         # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
+                         # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished)
+                         expected_seconds={"data": 32, "clip": 398, "decoders": 1048, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 618, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
