@@ -41,6 +41,7 @@ ap.add_argument("--alpha", default=None, help="Eq. 2's α_0,…,α_4 for the ins
 ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction "
                 "(default 0, teacher forcing, as every 06_mllm row before self_feed was trained; the toy recipe uses 1)")
 ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes (the toy recipe uses 2)")
+ap.add_argument("--change-weight", type=float, default=1.0, help="LossConfig.change_weight of the instruct models: what a target token unlike its source's weighs (default 1, PUMA)")
 ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the toy preset's, 600)")
 ap.add_argument("--pretrain-self-feed", type=float, default=0.0, help="LossConfig.self_feed of the pretraining (default 0: the toy recipe's, teacher forcing)")
 ap.add_argument("--pretrain-self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes of the pretraining")
@@ -72,7 +73,7 @@ for task in args.tasks.split(","):
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
     if args.source_skip is not None and task != "t2i": cfg.source_skip = bool(args.source_skip)
     if args.alpha: cfg.loss = replace(cfg.loss, alpha=tuple(float(a) for a in args.alpha.split(",")))
-    cfg.loss = replace(cfg.loss, self_feed=args.self_feed, self_feed_passes=args.self_feed_passes)
+    cfg.loss = replace(cfg.loss, self_feed=args.self_feed, self_feed_passes=args.self_feed_passes, change_weight=args.change_weight)
     if not done(out / task): train_instruct(cfg)
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]
@@ -80,5 +81,5 @@ for task in args.tasks.split(","):
     elif task == "edit": res[task], _ = edit_table(m, tok, enc, Ds, items, scales=scales, **sampling)
     else: res[task], _ = conditional_table(m, tok, enc, Ds, items, scales=scales, **sampling)
     print(task, json.dumps(res[task]), f"at {time.time() - t0:.0f} s", flush=True)
-(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes,
+(out / "scores.json").write_text(json.dumps({"parent_skip": args.parent_skip, "image_pos": args.image_pos, "source_skip": args.source_skip, "alpha": args.alpha, "self_feed": args.self_feed, "self_feed_passes": args.self_feed_passes, "change_weight": args.change_weight, "steps": args.steps, "n": args.n,
                                                 "init": args.init, "pretrain_self_feed": args.pretrain_self_feed, "pretrain_self_feed_passes": args.pretrain_self_feed_passes, **res}, indent=1))

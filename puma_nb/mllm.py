@@ -24,12 +24,13 @@ from . import toyworld as tw
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKENIZER_DIR', 'N_FEATURES', 'SCALE_ORDER',
-           'FEATURE_SCALE', 'PARENT', 'LLAMA3_8B', 'ALPHA', 'TOKENS_UP_TO', 'shapesworld_words', 'build_tokenizer',
-           'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid', 'unflatten_pyramid', 'Text',
-           'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences', 'MLLMConfig', 'llama_config',
-           'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like', 'image_tokens', 'mllm_tokenizer',
-           'scale_shares', 'parent_features', 'source_places', 'source_features', 'self_feed_inputs', 'puma_loss',
-           'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'FEATURE_SCALE', 'PARENT', 'LLAMA3_8B', 'ALPHA', 'CHANGED', 'TOKENS_UP_TO', 'shapesworld_words',
+           'build_tokenizer', 'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid',
+           'unflatten_pyramid', 'Text', 'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences',
+           'MLLMConfig', 'llama_config', 'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like',
+           'image_tokens', 'mllm_tokenizer', 'scale_shares', 'parent_features', 'source_places', 'source_features',
+           'self_feed_inputs', 'change_weights', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features',
+           'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -405,6 +406,19 @@ def self_feed_inputs(model:PumaLM, # or DDP around one
         x = torch.where(swap[:, None], pred, f)
     return x
 
+CHANGED = 0.1  # a target token is *changed* when its squared difference from the source token, per channel, is above this
+
+def change_weights(batch:dict, fb:torch.Tensor, fp:torch.Tensor, # a collated batch; the row and position of each feature
+                   change_weight:float=1.0, # what a changed target token weighs (a kept one weighs 1)
+                  ) -> torch.Tensor:
+    "The weight of each target token in Eq. 2 (`feature_target` order): `change_weight` where a source picture's token at its place differs from it (`CHANGED`), else 1."
+    f, keep = batch["features"], batch["feature_target"]
+    w = torch.ones(int(keep.sum()), device=f.device)
+    if change_weight == 1: return w
+    src = source_places(batch["feature_index"].to(f.device), fb, fp)[keep]
+    d = ((f[keep].float() - f[src.clamp(min=0)].float()) ** 2).mean(-1)
+    return torch.where((src >= 0) & (d > CHANGED), torch.full_like(w, change_weight), w)
+
 def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forward runs through the wrapper
               batch:dict,
               alpha:tuple[float, ...]=ALPHA, # α_0 … α_4
@@ -412,6 +426,7 @@ def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forw
               normalize:Literal["weights", "none"]="weights", # see above
               self_feed:float=0.0, # the share of target feature tokens whose *input* is the model's own prediction (`self_feed_inputs`)
               self_feed_passes:int=1, # how many no-grad passes make those predictions
+              change_weight:float=1.0, # within its scale, a target token its source picture's token does not match weighs this many kept ones (1: PUMA)
              ) -> tuple[torch.Tensor, dict]:
     "Eq. 2 on a collated batch; also returns the CE and each scale's feature MSE (0 without image targets), for logging."
     ids, am = batch["input_ids"], batch["attention_mask"]
@@ -437,8 +452,10 @@ def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forw
         pred = m.predict(prev(fb[keep], fp[keep]), parents, sources).float()
         err = (pred - batch["features"][keep].float()) ** 2
         err = err.mean(-1) if normalize == "weights" else err.sum(-1)
-        n_img = keep.sum() / N_FEATURES
-        per_scale = [err[scale[keep] == i].sum() / n_img for i in range(5)]
+        n_img, w = keep.sum() / N_FEATURES, change_weights(batch, fb, fp, change_weight)
+        per_scale = [err[scale[keep] == i].sum() / n_img if change_weight == 1 else  # Σ_j err_j; else the weighted mean times the count:
+                     (w * err)[scale[keep] == i].sum() / w[scale[keep] == i].sum().clamp(min=1e-8) * (scale[keep] == i).sum() / n_img
+                     for i in range(5)]  # each scale keeps its share of the loss, and its changed tokens take more of it
         feat = sum(a * l for a, l in zip(alpha, per_scale))
         if normalize == "weights": feat = feat / sum(a * n for a, n in zip(alpha, SCALES))
         metrics.update({f"mse_f{i}": (per_scale[i] / SCALES[i]).detach() for i in range(5)})

@@ -85,11 +85,13 @@ class LossConfig:
     normalize: Literal["weights", "none"] = "weights"
     self_feed: float = 0.0                  # share of target feature tokens read as the model's own prediction (06_mllm); 0 = PUMA
     self_feed_passes: int = 1               # no-grad passes that make those predictions
+    change_weight: float = 1.0              # what an edit's changed target token weighs against a kept one (06_mllm); 1 = PUMA
 
     def validate(self):
         if len(self.alpha) != 5: raise ConfigError(f"alpha needs 5 weights (α_0 … α_4), got {len(self.alpha)}")
         if not 0 <= self.self_feed <= 1: raise ConfigError(f"self_feed is a share of tokens, in [0, 1]; got {self.self_feed}")
         if self.self_feed_passes < 1: raise ConfigError(f"self_feed_passes needs at least 1 pass, got {self.self_feed_passes}")
+        if self.change_weight <= 0: raise ConfigError(f"change_weight weighs the changed tokens against the kept ones, above 0; got {self.change_weight}")
 
 @dataclass
 class PretrainDataConfig:
@@ -119,7 +121,7 @@ class PretrainRunConfig:
 
 def mllm_loss_fn(lc:LossConfig):
     "`loss_fn(model, batch)` for `fit`: Eq. 2, with its parts as metrics."
-    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize, lc.self_feed, lc.self_feed_passes)
+    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize, lc.self_feed, lc.self_feed_passes, lc.change_weight)
 
 class TextLines(torch.utils.data.Dataset):
     "Text-only pretraining sequences from a JSONL file of `{\"text\": …}` lines, held in memory."

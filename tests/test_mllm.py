@@ -7,6 +7,7 @@ from puma_nb.mllm import (ALPHA, N_FEATURES, SCALE_ORDER, TOKENIZER_DIR, Image, 
                           build_prompt, build_sequence, build_tokenizer, collate_sequences, flatten_pyramid, generate_features,
                           generate_text, image_position_ids, image_tokens, llama_config, load_mllm, puma_loss, save_mllm,
                           scale_index, scale_shares, shapesworld_words, select_scales, source_places, tiny_tokenizer, unflatten_pyramid)
+from puma_nb.mllm import CHANGED, change_weights
 from puma_nb.pyramid import SCALES
 from puma_nb import toyworld as tw
 
@@ -223,6 +224,43 @@ def edit_batch(tok, instructions, seed=0):
     seqs = [build_sequence(tok, [Image(flatten_pyramid(pyr(seed=seed + k))), Text(t), Image(flatten_pyramid(pyr(seed=9)), target=True)])
             for k, t in enumerate(instructions)]
     return collate_sequences(seqs, tok.pad_token_id)
+
+
+def test_change_weight_weighs_the_tokens_an_edit_changes(tok):
+    "Within each scale, a target token unlike its source's weighs change_weight kept ones; each scale keeps its total weight."
+    torch.manual_seed(0)
+    src = pyr(seed=3)
+    tgt = [f.clone() for f in src]
+    tgt[0][:10] += 3.0  # ten f0 tokens changed (far above CHANGED), and one f1 token a little (below it)
+    tgt[1][5] += 0.01
+    b = collate_sequences([build_sequence(tok, [Image(flatten_pyramid(src)), Text("make the red circle blue"), Image(flatten_pyramid(tgt), target=True)])],
+                          tok.pad_token_id)
+    m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2), tok).eval()
+    fb, fp = (b["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)
+    w = change_weights(b, fb, fp, 4.0)
+    k = b["feature_index"][b["feature_target"]]  # each target token's place in the 341
+    f0_places = torch.arange(SCALES[0]) + N_FEATURES - SCALES[0]  # f0 is flattened last
+    assert torch.equal(w, torch.where(torch.isin(k, f0_places[:10]), 4.0, 1.0))
+    assert torch.equal(change_weights(b, fb, fp, 1.0), torch.ones_like(w))
+    t2i = collate_sequences([build_sequence(tok, [Text("a red circle"), Image(flatten_pyramid(tgt), target=True)])], tok.pad_token_id)
+    tb, tq = (t2i["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)
+    assert torch.equal(change_weights(t2i, tb, tq, 4.0), torch.ones(N_FEATURES))  # no source picture: nothing is a change
+    with torch.no_grad():
+        plain, pp = puma_loss(m, b)
+        same, ps = puma_loss(m, b, change_weight=1.0)
+        weighted, pw = puma_loss(m, b, change_weight=4.0)
+        h, _ = m(b["input_ids"], b["features"])
+        keep = b["feature_target"]
+        err = ((m.predict(h[fb[keep], fp[keep] - 1]) - b["features"][keep]) ** 2).mean(-1)
+    assert torch.equal(plain, same)
+    for i in (1, 2, 3, 4): assert torch.allclose(pw[f"mse_f{i}"], pp[f"mse_f{i}"])  # no changed tokens there
+    e0, w0 = err[torch.isin(k, f0_places)], w[torch.isin(k, f0_places)]
+    assert torch.allclose(pw["mse_f0"], (w0 * e0).sum() / w0.sum(), rtol=1e-4)  # the weighted mean of f0's errors
+    assert torch.allclose(pp["mse_f0"], e0.mean(), rtol=1e-4)
+    assert not torch.allclose(weighted, plain)
+    with pytest.raises(Exception, match="change_weight"):
+        from puma_nb.pretrain import LossConfig
+        LossConfig(change_weight=0).validate()
 
 
 def test_image_stride_puts_every_image_at_the_same_distance(tok):
