@@ -13,9 +13,12 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     exe = Path(sys.executable).parent / "puma-nb"
     assert exe.exists(), "the puma-nb console script is not installed: pip install -e ."
     out = tmp_path / "run"
-    # a hang guard, not the smoke bar (report["seconds"] says that): 57 s alone here, 130 s beside another pytest worker
+    # a hang guard, not the smoke bar (report["seconds"] says that): 57 s alone here, 130 s beside another pytest worker.
+    # One OpenMP thread, as every other subprocess test: two, beside the other worker on 2 cores, make each of the
+    # generation's small ops wait for a descheduled thread, and a CI run once passed 900 s at the t2i stage.
     r = subprocess.run([str(exe), "smoke", "--out", str(out)], capture_output=True, text=True, timeout=900,
-                       env={"HF_HUB_OFFLINE": "1", "PATH": str(exe.parent) + ":/usr/bin:/bin", "MPLBACKEND": "Agg"})
+                       env={"HF_HUB_OFFLINE": "1", "PATH": str(exe.parent) + ":/usr/bin:/bin", "MPLBACKEND": "Agg",
+                            "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "smoke" and report["seconds"] > 0
