@@ -41,7 +41,8 @@ ap.add_argument("--alpha", default=None, help="Eq. 2's α_0,…,α_4 for the ins
 ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_feed of the instruct models: the share of target tokens read as the model's own prediction "
                 "(default 0, teacher forcing, as every 06_mllm row before self_feed was trained; the toy recipe uses 1)")
 ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes (the toy recipe uses 2)")
-ap.add_argument("--change-weight", type=float, default=1.0, help="LossConfig.change_weight of the instruct models: what a target token unlike its source's weighs (default 1, PUMA)")
+ap.add_argument("--change-weight", type=float, default=None, help="LossConfig.change_weight of the instruct models: what a target token unlike its source's weighs "
+                "(default: the recipe's, 4 for edit (`cli.EDIT_CHANGE_WEIGHT`) and 1 (PUMA) for the others; the 06_mllm pairs pass 1 and 4)")
 ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the toy preset's, 600)")
 ap.add_argument("--pretrain-self-feed", type=float, default=0.0, help="LossConfig.self_feed of the pretraining (default 0: the toy recipe's, teacher forcing)")
 ap.add_argument("--pretrain-self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes of the pretraining")
@@ -73,7 +74,8 @@ for task in args.tasks.split(","):
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
     if args.source_skip is not None and task != "t2i": cfg.source_skip = bool(args.source_skip)
     if args.alpha: cfg.loss = replace(cfg.loss, alpha=tuple(float(a) for a in args.alpha.split(",")))
-    cfg.loss = replace(cfg.loss, self_feed=args.self_feed, self_feed_passes=args.self_feed_passes, change_weight=args.change_weight)
+    cfg.loss = replace(cfg.loss, self_feed=args.self_feed, self_feed_passes=args.self_feed_passes)
+    if args.change_weight is not None: cfg.loss = replace(cfg.loss, change_weight=args.change_weight)
     if not done(out / task): train_instruct(cfg)
     m, tok, _ = load_mllm(out / task / "model")
     items = [InstructData(task, args.n, "test", p.seed)[k] for k in range(args.n)]

@@ -89,6 +89,10 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert image == {"t2i": str(out / "pretrain" / "model"), "edit": str(out / "instruct" / "t2i" / "model"),
                      "conditional": str(out / "instruct" / "t2i" / "model")}
     assert report["mllm_info"]["init"] == {"edit": "t2i", "conditional": "t2i"}
+    # the edit model weighs the tokens its edit changes four times (`EDIT_CHANGE_WEIGHT`); the others train on PUMA's Eq. 2
+    loss = {t: json.loads((out / "instruct" / t / "config.json").read_text())["loss"]["change_weight"] for t in ("t2i", "edit", "conditional")}
+    assert loss == {"t2i": 1.0, "edit": 4.0, "conditional": 1.0} and report["mllm_info"]["change_weight"] == {"edit": 4.0}
+    assert "edit weighs each token its edit changes as 4 kept ones" in (out / "REPORT.md").read_text()
     assert "an answer of the asked kind" in (out / "REPORT.md").read_text() and set(report["understanding"]["well_formed"]) <= set(report["understanding"]["per_kind"])
     text = (out / "REPORT.md").read_text()
     assert "edit starts from the finished t2i model" in text
@@ -144,10 +148,13 @@ def test_config_files_match_the_main_jobs_mllm_recipes():
     a = to_dict(load_config(PretrainRunConfig, ROOT / "configs" / "pretrain_tiny.yaml"))
     b = to_dict(pretrain_recipe("runs/clip/model"))
     assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    per_task = {"edit": ["loss.change_weight=4"]}  # the edit model's λ (`EDIT_CHANGE_WEIGHT`), as the file's header writes its command
     for task in INSTRUCT_TASKS:
-        a = to_dict(load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", [f"task={task}", f"train.out_dir=runs/instruct/{task}"]))
+        a = to_dict(load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml",
+                                [f"task={task}", f"train.out_dir=runs/instruct/{task}", *per_task.get(task, [])]))
         b = to_dict(instruct_recipe(task, "runs/pretrain/model", "runs/clip/model"))
         assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    assert instruct_recipe("edit", "m", "e").loss.change_weight == 4 and instruct_recipe("conditional", "m", "e").loss.change_weight == 1
 
 
 def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
@@ -163,8 +170,8 @@ def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
 
 
 def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_model():
-    "configs/instruct_tiny.yaml's header gives the main job's edit and conditional runs, each from the t2i run's model (`Preset.instruct_init`)."
-    from puma_nb.cli import PRESETS
+    "configs/instruct_tiny.yaml's header gives the main job's edit and conditional runs, each from the t2i run's model (`Preset.instruct_init`), with their recipe's loss."
+    from puma_nb.cli import PRESETS, instruct_recipe
     from puma_nb.config import load_config
     from puma_nb.instruct import InstructRunConfig
     path = ROOT / "configs" / "instruct_tiny.yaml"
@@ -176,6 +183,7 @@ def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_m
     for task, src in p.instruct_init.items():
         assert runs[task].init == runs[src].train.out_dir + "/model" and runs[task].train.out_dir == f"runs/instruct/{task}"
         assert runs[task].train.steps == p.instruct_steps[task]
+        assert runs[task].loss == instruct_recipe(task, "m", "e").loss  # the edit command carries the recipe's λ
 
 
 def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():

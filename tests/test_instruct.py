@@ -254,7 +254,7 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
 
 
 def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
-    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`); then t2i_forced_shape.py on the t2i model."
+    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`); then t2i_forced_shape.py and edit_guidance.py on the t2i model."
     import json, os
     from puma_nb.decoder import save_puma_decoder
     run, out = tmp_path / "run", tmp_path / "trial"
@@ -290,3 +290,10 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     forced = json.loads(r.stdout.strip().splitlines()[-1])[str(out / "t2i" / "model")]  # f̂_0 written four ways, each decoded and parsed
     assert list(forced) == ["teacher-forced", "1 passes", "2 passes", "free-running"]
     assert all(0 <= row[k] <= 1 for row in forced.values() for k in ("color", "shape", "position", "scene")) and all(row["mse_f0"] > 0 for row in forced.values())
+    save_puma_decoder(build_decoder(1), run / "decoders" / "unet_64")  # edit_guidance.py decodes f0 and f1
+    for mode in ("instr", "source"):  # 06_mllm's guidance trial, with the t2i model standing in for an edit model
+        r = script("edit_guidance.py", "--run", run, "--model", out / "t2i" / "model", "--mode", mode, "--w", "1,2", "--n", 3, "--steps", 2)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = [json.loads(l.split(" # ")[0]) for l in r.stdout.strip().splitlines()]
+        assert [(row["mode"], row["w"]) for row in rows] == [(mode, 1.0), (mode, 2.0)]
+        assert all(0 <= row[f][k] <= 1 for row in rows for f in ("f0", "f1") for k in ("edit_success", "color", "shape"))
