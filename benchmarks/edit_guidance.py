@@ -50,16 +50,16 @@ def guided(prompts_c:list[dict], prompts_u:list[dict], w:float, src:torch.Tensor
         out.append(f_u + w * (f_c - f_u))
     return torch.stack(out, 1)
 
-kinds = sorted({it["kind"] for it in items})
+kinds, batches = sorted({it["kind"] for it in items}), []
+for b in range(0, args.n, 50):  # each batch's prompts (with and without the instruction) and source pyramids, built once for every w
+    chunk = items[b:b + 50]
+    fs = encode_items(enc, chunk, [k for k in IMAGE_KEYS if k != "image"])
+    batches.append(([build_prompt(tok, instruct_segments(it, f, with_target=False), open_image=True) for it, f in zip(chunk, fs)],
+                    [build_prompt(tok, [Image(f["source"]), Text("")], open_image=True) for f in fs],
+                    torch.stack([f["source"] for f in fs]).float()))
 for w in (float(x) for x in args.w.split(",")):
-    t0, f_hat = time.time(), []
-    for b in range(0, args.n, 50):
-        chunk = items[b:b + 50]
-        fs = encode_items(enc, chunk, [k for k in IMAGE_KEYS if k != "image"])
-        pc = [build_prompt(tok, instruct_segments(it, f, with_target=False), open_image=True) for it, f in zip(chunk, fs)]
-        pu = [build_prompt(tok, [Image(f["source"]), Text("")], open_image=True) for f in fs]
-        f_hat.append(guided(pc, pu, w, torch.stack([f["source"] for f in fs]).float()))
-    pyr, row = unflatten_pyramid(torch.cat(f_hat)), {"mode": args.mode, "w": w}
+    t0 = time.time()
+    pyr, row = unflatten_pyramid(torch.cat([guided(pc, pu, w, src) for pc, pu, src in batches])), {"mode": args.mode, "w": w}
     for i in (0, 1):
         y = decode_features(Ds[i], pyr[i], null_features(enc, i, 64), seed=0, steps=args.steps or p.sample_steps, guidance=1.0, scheduler="ddim")
         sv = scene_survival(items, y)
