@@ -175,14 +175,16 @@ def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_m
     from puma_nb.config import load_config
     from puma_nb.instruct import InstructRunConfig
     path = ROOT / "configs" / "instruct_tiny.yaml"
-    lines = [l.split("instruct_tiny.yaml", 1)[1].split() for l in path.read_text().splitlines() if l.startswith("#") and "instruct_tiny.yaml" in l and "task=understanding" not in l]
+    header = "\n".join(l.lstrip("# ") for l in path.read_text().splitlines() if l.startswith("#")).replace("\\\n", " ")  # joins continued lines
+    lines = [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "instruct_tiny.yaml" in l and "task=" in l and "task=understanding" not in l]
     runs = {c.task: c for c in (load_config(InstructRunConfig, path, a) for a in lines)}
     assert len(runs) == len(lines), lines  # one command a task
     p = PRESETS["toy"]
     assert set(runs) == {"t2i", *p.instruct_init} and runs["t2i"].init == "runs/pretrain/model"
     for task, src in p.instruct_init.items():
         assert runs[task].init == runs[src].train.out_dir + "/model" and runs[task].train.out_dir == f"runs/instruct/{task}"
-        assert runs[task].train.steps == p.instruct_steps[task]
+        n = p.instruct_steps[task]
+        assert (runs[task].train.steps, runs[task].train.warmup_steps) == (n, max(1, n // 20))  # as `build_mllms` sets them
         assert runs[task].loss == instruct_recipe(task, "m", "e").loss  # the edit command carries the recipe's λ
 
 
