@@ -115,7 +115,8 @@ PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_step
                            eval_n=6, qa_n=6, expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
            "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: every stage measured from an empty folder, 2026-12-02
                          # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
-                         # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished)
+                         # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished), but edit:
+                         # 4x that run's 300 steps, for the 1200 now (not yet measured)
                          expected_seconds={"data": 32, "clip": 398, "decoders": 1048, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 2472, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 class Interrupted(Exception):

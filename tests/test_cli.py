@@ -169,14 +169,20 @@ def test_an_interrupted_stage_stops_the_main_job(monkeypatch, capsys, tmp_path):
     assert "interrupted" in out and "preempted at step 3; rerun the same command to resume" in out
 
 
+def _instruct_header_commands() -> list[list[str]]:
+    "The arguments after `instruct_tiny.yaml` of each command in configs/instruct_tiny.yaml's header, continued lines joined."
+    text = (ROOT / "configs" / "instruct_tiny.yaml").read_text()
+    header = "\n".join(l.lstrip("# ") for l in text.splitlines() if l.startswith("#")).replace("\\\n", " ")
+    return [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "instruct_tiny.yaml" in l and "task=" in l]
+
+
 def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_model():
     "configs/instruct_tiny.yaml's header gives the main job's edit and conditional runs, each from the t2i run's model (`Preset.instruct_init`), with their recipe's loss."
     from puma_nb.cli import PRESETS, instruct_recipe
     from puma_nb.config import load_config
     from puma_nb.instruct import InstructRunConfig
     path = ROOT / "configs" / "instruct_tiny.yaml"
-    header = "\n".join(l.lstrip("# ") for l in path.read_text().splitlines() if l.startswith("#")).replace("\\\n", " ")  # joins continued lines
-    lines = [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "instruct_tiny.yaml" in l and "task=" in l and "task=understanding" not in l]
+    lines = [c for c in _instruct_header_commands() if "task=understanding" not in c]
     runs = {c.task: c for c in (load_config(InstructRunConfig, path, a) for a in lines)}
     assert len(runs) == len(lines), lines  # one command a task
     p = PRESETS["toy"]
@@ -194,9 +200,8 @@ def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():
     from puma_nb.config import load_config
     from puma_nb.instruct import InstructRunConfig
     path = ROOT / "configs" / "instruct_tiny.yaml"
-    header = "\n".join(l.lstrip("# ") for l in path.read_text().splitlines() if l.startswith("#")).replace("\\\n", " ")
-    cmds = [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "task=understanding" in l]
-    assert len(cmds) == 2, header
+    cmds = [c for c in _instruct_header_commands() if "task=understanding" in c]
+    assert len(cmds) == 2, cmds
     first, second = (load_config(InstructRunConfig, path, c) for c in cmds)
     p = PRESETS["toy"]
     scales, n1 = p.understanding_first
@@ -212,7 +217,7 @@ def test_the_instruct_configs_t2i_command_is_the_main_jobs():
     from puma_nb.config import load_config
     from puma_nb.instruct import InstructRunConfig
     path = ROOT / "configs" / "instruct_tiny.yaml"
-    cmds = [l.split("instruct_tiny.yaml", 1)[1].split() for l in path.read_text().splitlines() if l.startswith("#") and "task=t2i" in l]
+    cmds = [c for c in _instruct_header_commands() if "task=t2i" in c]
     assert len(cmds) == 1
     cfg, n = load_config(InstructRunConfig, path, cmds[0]), PRESETS["toy"].instruct_steps["t2i"]
     assert (cfg.task, cfg.train.steps, cfg.train.warmup_steps) == ("t2i", n, max(1, n // 20))  # as `build_mllms` sets them
