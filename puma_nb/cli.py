@@ -86,9 +86,9 @@ class Preset:
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
-    instruct_steps: dict = field(default_factory=lambda: {"t2i": 1200, "edit": 1200, "conditional": 300, "understanding": 300})  # t2i 1200:
-                                               # f0 keeps colours 98%, shapes 69% (300: 82.5 / 38%; 06_mllm, *Where the shapes go*); edit 1200:
-                                               # exact edits at f0 51.5% (600: 29.5%, 300: 19.5%; 06_mllm, *Weighing what an edit changes*)
+    instruct_steps: dict = field(default_factory=lambda: {"t2i": 1200, "edit": 2400, "conditional": 300, "understanding": 300})  # t2i 1200:
+                                               # f0 keeps colours 98%, shapes 69% (300: 82.5 / 38%; 06_mllm, *Where the shapes go*); edit 2400:
+                                               # exact edits at f0 64% of 100 test edits (1200: 51%; runs/toy30, 06_mllm, *Weighing what an edit changes*)
     instruct_init: dict = field(default_factory=lambda: {"edit": "t2i", "conditional": "t2i"})  # these models start from the finished
                                                # model of that task, not the pretraining (08_instruct, *Starting from text-to-image*)
     understanding_first: tuple = ((2,), 1500)  # the understanding model first reads only these scales for this many steps, then
@@ -116,8 +116,8 @@ PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_step
            "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: every stage measured from an empty folder, 2026-12-02
                          # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
                          # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished), but edit:
-                         # 4x that run's 300 steps, for the 1200 now (not yet measured)
-                         expected_seconds={"data": 32, "clip": 398, "decoders": 1048, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 2472, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
+                         # 2400 steps measured in runs/toy30 (2026-12-06, the Intel kind, whose steps slowed from 1.9 to 3.2 s during it)
+                         expected_seconds={"data": 32, "clip": 398, "decoders": 1048, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
