@@ -5,8 +5,10 @@ ShapesWorld parser. Cited in 04_decoder for the D_0 variants (architecture and s
         [--steps 20] [--guidance 1] [--scheduler ddim]
 
 `--decoders` is a folder holding `unet_<n>` (the main job's `decoders/`, or a decoder run's out_dir).
-Prints JSON: PSNR_r and the survival rates (colour, shape, position, background, whole scene)."""
-import argparse, json, time
+Prints JSON: PSNR_r and the survival rates (colour, shape, position, background, whole scene), colour survival for
+scenes of one and of two objects, and how the lost colours went: an object missing (fewer objects read than drawn),
+one too many, or the same number with a colour changed. Cited in 05_reconstruction (*What the toy run shows*: the D_3 rows)."""
+import argparse, collections, json, time
 
 import torch
 
@@ -25,6 +27,18 @@ ap.add_argument("--guidance", type=float, default=1.0)
 ap.add_argument("--scheduler", default="ddim", help="ddim, ddpm, … (the names `sample` accepts)")
 ap.add_argument("--seed", type=int, default=0)
 args = ap.parse_args()
+def breakdown(scenes, images) -> dict:
+    "Colour survival by the number of objects drawn, and each colour loss by what the parser read instead."
+    kept, lost = collections.defaultdict(list), collections.Counter()
+    for s, im in zip(scenes, images):
+        d = tw.parse(tw.to_image(im)).scene
+        objs = d.objects if d else ()
+        want, got, n, m = {o.color for o in s.objects}, {o.color for o in objs}, len(s.objects), len(objs)
+        kept[n].append(want == got)
+        if want != got: lost["fewer objects" if m < n else "more objects" if m > n else "a colour changed"] += 1
+    return {**{f"color_{k}_objects": round(sum(v) / len(v), 4) for k, v in sorted(kept.items())},
+            **{f"n_{k}_objects": len(v) for k, v in sorted(kept.items())}, "colour_lost_as": dict(lost)}
+
 enc = load_encoder(args.clip)
 D = load_puma_decoder(f"{args.decoders}/unet_{SCALES[args.scale]}").eval()
 ds = tw.ShapesWorld("test", args.n, "caption", 0)
@@ -33,5 +47,5 @@ x = torch.stack([tw.to_tensor(tw.render(s)) for s in scenes])
 t = time.time()
 y = reconstruct(D, enc, x, args.scale, seed=args.seed, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
 print(json.dumps({"decoders": args.decoders, "scale": args.scale, "n": args.n, "steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
-                  "psnr_r": round(float(psnr(x, y).mean()), 2), **{k: round(v, 4) for k, v in survival_rates(scenes, y).items()},
+                  "psnr_r": round(float(psnr(x, y).mean()), 2), **{k: round(v, 4) for k, v in survival_rates(scenes, y).items()}, **breakdown(scenes, y),
                   "decode_seconds": round(time.time() - t, 1)}))

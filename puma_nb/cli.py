@@ -81,8 +81,10 @@ class Preset:
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
     clip_steps: int = 1600  # tiny CLIP training steps (with the token loss, `dense_weight`: 03_pyramid)
-    decoder_steps: int|tuple[int, ...] = (2000, 1500, 1000, 2000, 500)  # D_0 … D_4's steps (PUMA's 40:30:20:15:10 of 5750, but D_3 2000:
-                                                                       # 05_reconstruction), or a total split 40:30:20:15:10
+    decoder_steps: int|tuple[int, ...] = (2000, 1500, 1000, 6000, 500)  # D_0 … D_4's steps (PUMA's 40:30:20:15:10 of 5750, but D_3 6000
+                                                                       # at lr 1e-3: 05_reconstruction), or a total split 40:30:20:15:10
+    decoder_lr: float|tuple[float, ...]|None = (3e-3, 3e-3, 3e-3, 1e-3, 3e-3)  # D_0 … D_4's peak lr (None: the recipe's 3e-3); D_3's
+                                                                       # 6000 steps diverge at 3e-3 (05_reconstruction)
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
@@ -117,7 +119,8 @@ PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_step
                          # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
                          # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished), but edit:
                          # 2400 steps measured in runs/toy30 (2026-12-06, the Intel kind, whose steps slowed from 1.9 to 3.2 s during it)
-                         expected_seconds={"data": 32, "clip": 398, "decoders": 1048, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
+                         # and decoders: 1048 s plus D_3's 4000 more steps, an estimate (runs/toy31 ran them at 6.7 steps/s)
+                         expected_seconds={"data": 32, "clip": 398, "decoders": 1650, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
@@ -210,7 +213,7 @@ def build_decoders(p:Preset, out:Path, lpips:tuple|None=None, clock:JobClock|Non
     "Train D_0 … D_4 (resuming, skipping finished ones), measure Table 1, draw Figure 3, write the decodings to `samples/`."
     clock = clock or JobClock({}, out=lambda line: None)
     with clock.stage("decoders"):
-        for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders").values(): _done(res)
+        for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders", lr=p.decoder_lr).values(): _done(res)
     with clock.stage("table1"): return _table1(p, out, lpips)
 
 def _table1(p:Preset, out:Path, lpips:tuple|None) -> dict:

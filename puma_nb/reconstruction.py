@@ -171,13 +171,16 @@ def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.ya
                    out_dir, # gets `f0` … `f4` (runs) and `unet_1` … `unet_256` (exports)
                    progress:bool=True,
                    chain:bool=True, # start D_i from the finished D_{i-1} (before its reader loss): our stand-in for starting all five from SDXL
+                   lr:float|Sequence[float]|None=None, # D_0 … D_4's peak learning rates (one for all, or five); None: the recipe's
                   ) -> dict[int, FitResult|None]:
     "Train (or resume, or skip when exported) D_0 … D_4, in that order."
     if isinstance(steps, int): steps = steps_per_scale(steps)
     if len(steps) != 5 or min(steps) < 1: raise ValueError(f"decoder steps: want a total or five counts ≥ 1 (D_0 … D_4), got {steps}")
+    lrs = [base.train.lr] * 5 if lr is None else [lr] * 5 if isinstance(lr, (int, float)) else list(lr)
+    if len(lrs) != 5 or min(lrs) <= 0: raise ValueError(f"decoder lr: want one or five learning rates > 0 (D_0 … D_4), got {lr}")
     out, results, prev = Path(out_dir), {}, None
     for i, n in enumerate(steps):
-        tc = replace(base.train, steps=n, out_dir=str(out / f"f{i}"), progress=progress,
+        tc = replace(base.train, steps=n, lr=lrs[i], out_dir=str(out / f"f{i}"), progress=progress,
                      warmup_steps=min(base.train.warmup_steps, n // 10))
         init = base.init
         if chain and prev is not None:  # D_{i-1} as A.1's loss left it: before the reader loss of its last steps, if it had one
