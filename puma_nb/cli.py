@@ -81,10 +81,11 @@ class Preset:
     n_val: int     # validation scenes
     n_test: int    # test scenes (and examples per task)
     clip_steps: int = 1600  # tiny CLIP training steps (with the token loss, `dense_weight`: 03_pyramid)
-    decoder_steps: int|tuple[int, ...] = (2000, 1500, 1000, 6000, 500)  # D_0 … D_4's steps (PUMA's 40:30:20:15:10 of 5750, but D_3 6000
-                                                                       # at lr 1e-3: 05_reconstruction), or a total split 40:30:20:15:10
-    decoder_lr: float|tuple[float, ...]|None = (3e-3, 3e-3, 3e-3, 1e-3, 3e-3)  # D_0 … D_4's peak lr (None: the recipe's 3e-3); D_3's
-                                                                       # 6000 steps diverge at 3e-3 (05_reconstruction)
+    decoder_steps: int|tuple[int, ...] = (2000, 1500, 4000, 6000, 3000)  # D_0 … D_4's steps (PUMA's ratio 40:30:20:15:10 gives the coarse
+                                                                       # decoders too few: 05_reconstruction), or a total split 40:30:20:15:10
+    decoder_lr: float|tuple[float, ...]|None = (3e-3, 1e-3, 1e-3, 1e-3, 1e-3)  # D_0 … D_4's peak lr (None: the recipe's 3e-3, for D_0
+                                                                       # from scratch); D_1 … D_4 start from the finer one, and at 3e-3 a long
+                                                                       # D_3 diverges and D_2 keeps half the colours (05_reconstruction)
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
@@ -119,8 +120,8 @@ PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_step
                          # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
                          # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished), but edit:
                          # 2400 steps measured in runs/toy30 (2026-12-06, the Intel kind, whose steps slowed from 1.9 to 3.2 s during it)
-                         # and decoders: 1048 s plus D_3's 4000 more steps, an estimate (runs/toy31 ran them at 6.7 steps/s)
-                         expected_seconds={"data": 32, "clip": 398, "decoders": 1650, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
+                         # and decoders: D_1 … D_4 2042 s in runs/toy32 (2026-12-06, the Intel kind), plus D_0's share of runs/toy28's stage, about 370 s
+                         expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 class Interrupted(Exception):
     "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."

@@ -45,12 +45,12 @@ def test_puma_nb_smoke_writes_the_run_folder(tmp_path):
     assert (out / "clip" / "model" / "model.safetensors").exists() and (out / "clip" / "metrics.jsonl").exists()
     # the five decoders, Table 1, Figure 3, the samples index
     assert all((out / "decoders" / f"unet_{n}" / "config.json").exists() for n in (1, 4, 16, 64, 256))
-    # each decoder trained at its own peak lr (`Preset.decoder_lr`: D_3 at 1e-3, 05_reconstruction); D_0's own run folder
+    # each decoder trained at its own peak lr (`Preset.decoder_lr`: D_1 … D_4 at 1e-3, 05_reconstruction); D_0's own run folder
     # holds its reader-loss steps, which continue the decay, so its peak is in the run before them (`plain_folder`)
     from puma_nb.cli import PRESETS
     lr_of = lambda d: json.loads((out / "decoders" / d / "config.json").read_text())["train"]["lr"]
     assert [lr_of("f0/plain")] + [lr_of(f"f{i}") for i in range(1, 5)] == list(PRESETS["smoke"].decoder_lr)
-    assert PRESETS["smoke"].decoder_lr[3] == 1e-3 and PRESETS["smoke"].decoder_lr[2] == 3e-3
+    assert PRESETS["smoke"].decoder_lr == (3e-3, 1e-3, 1e-3, 1e-3, 1e-3)  # D_0 from scratch at the recipe's lr, the chain at 1e-3
     t1 = report["table1"]
     assert json.loads((out / "table1.json").read_text())["table1"] == t1  # kept for a resumed job
     assert list(t1) == ["f0", "f1", "f2", "f3", "f4"]
