@@ -15,7 +15,7 @@ import torch
 from puma_nb import toyworld as tw
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.pyramid import SCALES, load_encoder
-from puma_nb.reconstruction import psnr, reconstruct, survival_rates
+from puma_nb.reconstruction import psnr, reconstruct, survival, survival_rates
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--decoders", required=True, help="a folder with unet_1 … unet_256 (or just the one of --scale)")
@@ -32,10 +32,9 @@ def breakdown(scenes, images) -> dict:
     kept, lost = collections.defaultdict(list), collections.Counter()
     for s, im in zip(scenes, images):
         d = tw.parse(tw.to_image(im)).scene
-        objs = d.objects if d else ()
-        want, got, n, m = {o.color for o in s.objects}, {o.color for o in objs}, len(s.objects), len(objs)
-        kept[n].append(want == got)
-        if want != got: lost["fewer objects" if m < n else "more objects" if m > n else "a colour changed"] += 1
+        n, m, ok = len(s.objects), len(d.objects) if d else 0, survival(s, d)["color"]
+        kept[n].append(ok)
+        if not ok: lost["fewer objects" if m < n else "more objects" if m > n else "a colour changed"] += 1
     return {**{f"color_{k}_objects": round(sum(v) / len(v), 4) for k, v in sorted(kept.items())},
             **{f"n_{k}_objects": len(v) for k, v in sorted(kept.items())}, "colour_lost_as": dict(lost)}
 
