@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
+
 import numpy as np
 import open_clip
 import torch
@@ -23,10 +25,11 @@ from .toyworld import SIZE, ShapesWorld, collate, shape_mask
 from .training import FitResult, TrainConfig, exports, fit, seed_everything, trained_model
 
 # %% auto #0
-__all__ = ['SCALES', 'pyramid', 'clip_preprocess', 'CLIPEncoder', 'clip_l', 'TinyClipConfig', 'local_attention_mask',
-           'use_attention_mask', 'tiny_clip', 'tokenizer', 'tiny_encoder', 'token_phrases', 'dense_loss',
-           'ClipDataConfig', 'ClipRunConfig', 'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip', 'load_clip',
-           'load_encoder', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
+__all__ = ['SCALES', 'CLIP_L', 'pyramid', 'puma_image', 'clip_preprocess', 'CLIPEncoder', 'uses_quick_gelu', 'check_activation',
+           'clip_l', 'HFCLIPEncoder', 'clip_l_folder', 'vision_model_from_open_clip', 'TinyClipConfig',
+           'local_attention_mask', 'use_attention_mask', 'tiny_clip', 'tokenizer', 'tiny_encoder', 'token_phrases',
+           'dense_loss', 'ClipDataConfig', 'ClipRunConfig', 'clip_loss_fn', 'TrainableCLIP', 'retrieval', 'save_clip',
+           'load_clip', 'load_encoder', 'train_clip', 'pca_pictures', 'scene_targets', 'probe_scales']
 
 # %% ../nbs/03_pyramid.ipynb #48479212
 SCALES = (256, 64, 16, 4, 1)  # tokens in f0, f1, f2, f3, f4
@@ -44,12 +47,20 @@ def pyramid(f0:torch.Tensor, # (B, 256, C) or (B, C, 16, 16): the encoder's patc
     return [f.flatten(2).transpose(1, 2) for f in fs]
 
 # %% ../nbs/03_pyramid.ipynb #5b702465
+def puma_image(image, # a path, or a PIL image
+               size:int=224, # the encoder's input side
+              ) -> torch.Tensor:
+    "PUMA's resize: RGB, squashed to `size`×`size` by PIL's (antialiased) bilinear filter, no crop → `(3, size, size)` in [0, 1]."
+    im = image if isinstance(image, Image.Image) else Image.open(image)
+    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)
+
 def clip_preprocess(x:torch.Tensor, # (B, 3, H, W) in [0, 1]
                     size:int, # the tower's input side
                     mean:torch.Tensor, std:torch.Tensor, # (1, 3, 1, 1)
                    ) -> torch.Tensor:
-    "PUMA's released preprocessing: resize to `size`×`size` (bilinear, no centre crop), then CLIP mean/std."
-    if x.shape[-2:] != (size, size): x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    "PUMA's released preprocessing on tensors: resize to `size`×`size` (antialiased bilinear, as `puma_image`; no crop), then CLIP mean/std."
+    if x.shape[-2:] != (size, size): x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return (x - mean.to(x)) / std.to(x)
 
 class CLIPEncoder(nn.Module):
@@ -79,16 +90,93 @@ class CLIPEncoder(nn.Module):
     def train(self, mode:bool=True): return super().train(False)  # always frozen, always eval
 
 # %% ../nbs/03_pyramid.ipynb #50740fec
-def clip_l(pretrained:str|None="openai", # `openai` (from the hub / cache), a local checkpoint path, or None for random weights
-           device="cpu") -> CLIPEncoder:
-    "PUMA's encoder: open_clip ViT-L-14 at 224 px → f0 `(B, 256, 1024)`."
-    try:
-        model = open_clip.create_model("ViT-L-14", pretrained=pretrained, device=device)
-    except Exception as e:
+CLIP_L = "ViT-L-14-quickgelu"  # open_clip's name for ViT-L/14 with QuickGELU, the activation OpenAI trained CLIP-L with
+
+def uses_quick_gelu(tower:nn.Module, # an open_clip `VisionTransformer` or a transformers `CLIPVisionModel`
+                   ) -> bool:
+    "Whether the tower's MLPs run QuickGELU, x·σ(1.702x) (else GELU)."
+    if hasattr(tower, "config"): return tower.config.hidden_act == "quick_gelu"
+    acts = {type(m) for m in tower.modules() if isinstance(m, (nn.GELU, open_clip.model.QuickGELU))}
+    return acts == {open_clip.model.QuickGELU}
+
+def check_activation(tower:nn.Module, quick_gelu:bool, # what the weights were trained with
+                     weights:str): # the weights' name, for the error
+    "Raise when the tower's activation is not the one its weights were trained with."
+    name = lambda q: "QuickGELU" if q else "GELU"
+    if uses_quick_gelu(tower) != quick_gelu:
+        raise ValueError(f"{weights} were trained with {name(quick_gelu)} but the model runs {name(not quick_gelu)}: "
+                         "every f_i would be off the distribution PUMA's decoders and MLLM were trained on")
+
+def clip_l(pretrained:str|None="openai", # `openai` (from the hub / cache), a local open_clip checkpoint, or None for random weights
+           device="cpu",
+           quick_gelu:bool=True, # the activation the weights were trained with (OpenAI's CLIP-L: QuickGELU)
+          ) -> CLIPEncoder:
+    "PUMA's encoder: open_clip ViT-L/14 at 224 px with QuickGELU → f0 `(B, 256, 1024)`."
+    arch = CLIP_L if quick_gelu else "ViT-L-14"
+    tag = open_clip.get_pretrained_cfg("ViT-L-14", pretrained) if pretrained else {}
+    if tag and tag.get("quick_gelu", False) != quick_gelu:
+        raise ValueError(f"CLIP ViT-L-14 {pretrained!r} weights were trained with {'QuickGELU' if tag.get('quick_gelu') else 'GELU'}; "
+                         f"quick_gelu={quick_gelu} would run them with the other activation")
+    try: model = open_clip.create_model(arch, pretrained=pretrained, device=device)
+    except (RuntimeError, OSError) as e:  # open_clip: an unknown tag or file, a failed download
         raise RuntimeError(f"could not load CLIP ViT-L-14 weights {pretrained!r} ({type(e).__name__}: {e}). Download "
                            "open_clip's ViT-L-14 'openai' checkpoint where the hub is reachable, then pass its local path "
-                           "as `pretrained`.") from e
+                           "as `pretrained`, or give PUMA's transformers folder (`clip_l_folder`).") from e
+    check_activation(model.visual, quick_gelu, f"CLIP ViT-L-14 weights {pretrained!r}")
     return CLIPEncoder(model.visual, 224)
+
+# %% ../nbs/03_pyramid.ipynb #50740fee
+class HFCLIPEncoder(CLIPEncoder):
+    "A frozen transformers `CLIPVisionModel` → f0 `(B, N, C)`: the last hidden state, CLS dropped, as PUMA's `infer_detokenizer.py`."
+    @property
+    def width(self) -> int: return self.visual.config.hidden_size
+    @property
+    def grid(self) -> int: return self.image_size // self.visual.config.patch_size
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values=self.preprocess(x)).last_hidden_state[:, 1:]
+
+def clip_l_folder(folder, # a transformers CLIP (vision) folder: PUMA's `ckpts/clip-vit-large-patch14`
+                  device="cpu",
+                  quick_gelu:bool=True, # the activation the weights were trained with (OpenAI's CLIP-L: QuickGELU)
+                 ) -> HFCLIPEncoder:
+    "PUMA's encoder from its released transformers folder, with the mean/std of its `preprocessor_config.json`."
+    from transformers import CLIPVisionModel
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a transformers CLIP folder (no config.json): PUMA's is ckpts/clip-vit-large-patch14")
+    vision = CLIPVisionModel.from_pretrained(folder, torch_dtype=torch.float32).to(device)
+    check_activation(vision, quick_gelu, f"the CLIP weights in {folder}")
+    pre = json.loads((folder / "preprocessor_config.json").read_text()) if (folder / "preprocessor_config.json").exists() else {}
+    return HFCLIPEncoder(vision, vision.config.image_size, pre.get("image_mean", open_clip.OPENAI_DATASET_MEAN),
+                         pre.get("image_std", open_clip.OPENAI_DATASET_STD))
+
+def vision_model_from_open_clip(visual:nn.Module, # an open_clip `VisionTransformer` (CLS pooling, no attention mask)
+                               ):
+    "The same tower as a transformers `CLIPVisionModel`, its weights copied (q, k, v split out of open_clip's fused projection)."
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    blocks, C = visual.transformer.resblocks, visual.transformer.width
+    cfg = CLIPVisionConfig(hidden_size=C, intermediate_size=blocks[0].mlp.c_fc.out_features, num_hidden_layers=len(blocks),
+                           num_attention_heads=blocks[0].attn.num_heads, image_size=visual.image_size[0],
+                           patch_size=visual.patch_size[0], layer_norm_eps=visual.ln_pre.eps,
+                           hidden_act="quick_gelu" if uses_quick_gelu(visual) else "gelu")
+    m = CLIPVisionModel(cfg).eval()
+    sd = {"embeddings.class_embedding": visual.class_embedding, "embeddings.patch_embedding.weight": visual.conv1.weight,
+          "embeddings.position_embedding.weight": visual.positional_embedding}
+    for a, b in (("pre_layrnorm", visual.ln_pre), ("post_layernorm", visual.ln_post)):
+        sd.update({f"{a}.weight": b.weight, f"{a}.bias": b.bias})
+    for i, blk in enumerate(blocks):
+        p = f"encoder.layers.{i}."
+        for n, w, bias in zip("qkv", blk.attn.in_proj_weight.chunk(3), blk.attn.in_proj_bias.chunk(3)):
+            sd.update({p + f"self_attn.{n}_proj.weight": w, p + f"self_attn.{n}_proj.bias": bias})
+        for a, b in (("self_attn.out_proj", blk.attn.out_proj), ("layer_norm1", blk.ln_1), ("layer_norm2", blk.ln_2),
+                     ("mlp.fc1", blk.mlp.c_fc), ("mlp.fc2", blk.mlp.c_proj)):
+            sd.update({p + f"{a}.weight": b.weight, p + f"{a}.bias": b.bias})
+    tower = getattr(m, "vision_model", m)  # transformers 4 nests the tower in `vision_model`; 5 does not
+    tower.load_state_dict(sd, strict=False)  # strict=False: a `position_ids` buffer, where there is one, is transformers' own
+    missing = set(tower.state_dict()) - set(sd) - {"embeddings.position_ids"}
+    if missing: raise ValueError(f"vision_model_from_open_clip left {sorted(missing)} unset")
+    return m
 
 # %% ../nbs/03_pyramid.ipynb #14df4f13
 @dataclass
@@ -265,10 +353,14 @@ def load_clip(folder) -> tuple[open_clip.CLIP, TinyClipConfig]:
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), cfg
 
-def load_encoder(spec:str, # `clip-l` (open_clip's `openai` weights), `clip-l:PATH` (a local ViT-L-14 checkpoint), or a tiny CLIP folder
+def load_encoder(spec:str, # `clip-l` (open_clip's `openai` weights), `clip-l:PATH` (PUMA's transformers folder, or a local
+                           # open_clip ViT-L-14 checkpoint file), or a tiny CLIP folder
                 ) -> CLIPEncoder:
     "The frozen encoder a stage reads its features with, by the name its config gives (`data.encoder`)."
-    if spec == "clip-l" or spec.startswith("clip-l:"): return clip_l(spec.split(":", 1)[1] if ":" in spec else "openai")
+    if spec == "clip-l": return clip_l("openai")
+    if spec.startswith("clip-l:"):
+        path = Path(spec.split(":", 1)[1])
+        return clip_l_folder(path) if path.is_dir() else clip_l(str(path))
     clip, ccfg = load_clip(spec)
     return tiny_encoder(clip, ccfg)
 

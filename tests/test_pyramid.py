@@ -1,12 +1,14 @@
 "Eq. 1 and the encoder: PUMA's preprocessing, last-layer tokens before ln_post, CLIP-L on meta, the tiny CLIP stage."
 import os
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 
-from puma_nb.pyramid import (SCALES, CLIPEncoder, ClipRunConfig, TinyClipConfig, clip_l, load_clip, pyramid, save_clip,
-                             tiny_clip, tiny_encoder, train_clip)
+from puma_nb.pyramid import (CLIP_L, SCALES, CLIPEncoder, ClipRunConfig, HFCLIPEncoder, TinyClipConfig, check_activation, clip_l,
+                             clip_l_folder, load_clip, load_encoder, puma_image, pyramid, save_clip, tiny_clip, tiny_encoder,
+                             train_clip, uses_quick_gelu, vision_model_from_open_clip)
 from puma_nb.training import TrainConfig
 
 
@@ -46,16 +48,97 @@ def test_preprocessing_resizes_without_cropping():
     assert torch.allclose(enc.mean.flatten(), torch.tensor(open_clip.OPENAI_DATASET_MEAN))
 
 
-def test_clip_l_on_meta_gives_16x16x1024():
-    enc = CLIPEncoder(open_clip.create_model("ViT-L-14", device="meta").visual, 224)
+def test_clip_l_on_meta_gives_16x16x1024_with_quick_gelu():
+    enc = CLIPEncoder(open_clip.create_model(CLIP_L, device="meta").visual, 224)
     f0 = enc(torch.rand(1, 3, 512, 384, device="meta"))
     assert f0.shape == (1, 256, 1024) and [f.shape[1] for f in pyramid(f0)] == list(SCALES)
+    assert uses_quick_gelu(enc.visual)  # OpenAI trained CLIP-L with QuickGELU
+    assert open_clip.get_pretrained_cfg("ViT-L-14", "openai")["quick_gelu"]  # what clip_l checks its tag against
+
+
+def test_clip_l_refuses_an_activation_its_weights_were_not_trained_with():
+    with pytest.raises(ValueError, match="'openai' weights were trained with QuickGELU"):
+        clip_l("openai", quick_gelu=False)  # refused from the tag, before any download
+    gelu = open_clip.create_model("ViT-L-14", device="meta").visual
+    assert not uses_quick_gelu(gelu)
+    with pytest.raises(ValueError, match="trained with QuickGELU but the model runs GELU"):
+        check_activation(gelu, True, "OpenAI's CLIP-L")
 
 
 def test_clip_l_without_weights_is_a_clear_error():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     with pytest.raises(RuntimeError, match="could not load CLIP ViT-L-14 weights 'openai'"):
         clip_l("openai", device="meta")
+
+
+def _small_quick_gelu_clip():
+    "A small random QuickGELU ViT on CLIP-L's grid (patch 14 at 224 px), with a text tower as CLIP has."
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    torch.manual_seed(0)
+    return open_clip.CLIP(embed_dim=32, quick_gelu=True,
+                          vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=14, image_size=224),
+                          text_cfg=CLIPTextCfg(layers=1, width=32, heads=1, context_length=8)).eval()
+
+
+def _puma_clip_folder(visual, folder):
+    """A transformers `CLIPModel` folder laid out as PUMA's `ckpts/clip-vit-large-patch14` (text and vision towers, keys under
+    `vision_model.` / `text_model.`, a preprocessor config), holding `visual`'s weights."""
+    import json
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel
+    v = vision_model_from_open_clip(visual)
+    cfg = CLIPConfig(vision_config=v.config.to_dict(), projection_dim=32,
+                     text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                                      hidden_act="quick_gelu", vocab_size=100, max_position_embeddings=8))
+    full = CLIPModel(cfg)
+    sd = {k: t for k, t in full.state_dict().items() if not k.startswith("vision_model.")}
+    sd.update({f"vision_model.{k}": t for k, t in v.state_dict().items()})
+    folder.mkdir(parents=True)
+    save_file({k: t.contiguous() for k, t in sd.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "transformers_version": "4.44.0"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                                                 "image_std": list(open_clip.OPENAI_DATASET_STD), "crop_size": 224}))
+    return folder
+
+
+def test_open_clip_and_pumas_transformers_folder_give_the_same_f0(tmp_path):
+    clip = _small_quick_gelu_clip()
+    folder = _puma_clip_folder(clip.visual, tmp_path / "clip-vit-large-patch14")
+    hf = load_encoder(f"clip-l:{folder}")  # a folder after clip-l: is PUMA's transformers CLIP
+    assert isinstance(hf, HFCLIPEncoder) and (hf.grid, hf.width) == (16, 64) and uses_quick_gelu(hf.visual)
+    x = torch.rand(2, 3, 224, 224)
+    f0 = CLIPEncoder(clip.visual, 224)(x)
+    assert f0.shape == (2, 256, 64)
+    torch.testing.assert_close(hf(x), f0, atol=1e-5, rtol=0)
+    assert not any(p.requires_grad for p in hf.parameters()) and not hf.training
+
+
+def test_a_transformers_folder_with_the_wrong_activation_is_refused(tmp_path):
+    import json
+    folder = _puma_clip_folder(_small_quick_gelu_clip().visual, tmp_path / "clip")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vision_config"]["hidden_act"] = "gelu"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="trained with QuickGELU but the model runs GELU"):
+        clip_l_folder(folder)
+    with pytest.raises(FileNotFoundError, match="not a transformers CLIP folder"):
+        clip_l_folder(tmp_path / "nothing")
+
+
+def test_pumas_resize_is_pils_antialiased_bilinear_and_the_tensor_path_matches_it():
+    from PIL import Image, ImageFilter
+    rng = np.random.default_rng(0)
+    im = Image.fromarray((rng.random((448, 448, 3)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
+    x = puma_image(im)
+    assert puma_image(im.resize((448, 224))).shape == (3, 224, 224)  # squashed, not cropped
+    want = torch.from_numpy(np.asarray(im.resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255).permute(2, 0, 1)
+    assert x.shape == (3, 224, 224) and torch.equal(x, want)
+    enc = CLIPEncoder(torch.nn.Identity(), 224, mean=(0, 0, 0), std=(1, 1, 1))
+    from_tensor = enc.preprocess(puma_image(im, 448)[None])[0]  # the 448-px tensor shrunk by the encoder itself
+    assert (from_tensor - x).abs().mean() < 1 / 255  # antialiased: within rounding of PIL's result
+    aliased = torch.nn.functional.interpolate(puma_image(im, 448)[None], size=(224, 224), mode="bilinear")[0]
+    print((from_tensor - x).abs().mean(), (aliased - x).abs().mean())
+    assert (aliased - x).abs().mean() > 2 * (from_tensor - x).abs().mean()  # the old, aliased resize was further off
 
 
 def test_tiny_clip_trains_its_image_tower_and_round_trips(tmp_path):
