@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -13,18 +14,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from diffusers.models.model_loading_utils import load_state_dict
+from diffusers.utils import (SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
+                             _add_variant)
+from safetensors.torch import save_file
 from torch import nn
 
 from .config import ConfigError
 from .pyramid import SCALES
 
 # %% auto #0
-__all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace', 'VAESpace',
-           'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss', 'make_scheduler',
-           'sample', 'save_puma_decoder', 'load_puma_decoder', 'steps_per_scale', 'upsample_tokens', 'degrade',
-           'DiffusionConfig', 'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'latent_space',
-           'init_from_sdxl', 'plain_folder', 'train_decoder']
+__all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'PUMA_MAPPING', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace',
+           'VAESpace', 'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss',
+           'make_scheduler', 'sample', 'save_puma_decoder', 'decoder_weight_files', 'load_puma_decoder',
+           'steps_per_scale', 'upsample_tokens', 'degrade', 'DiffusionConfig', 'DecoderDataConfig', 'DecoderRunConfig',
+           'decoder_loss_fn', 'init_from', 'latent_space', 'init_from_sdxl', 'plain_folder', 'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -226,7 +230,8 @@ def sample(decoder:Decoder, # D_i
     return z
 
 # %% ../nbs/04_decoder.ipynb #79815525
-PUMA_KEYS = ("mapping_dim", "mapping_dim1", "num_tokens", "use_embeds")
+PUMA_KEYS = ("mapping_dim", "mapping_dim1", "num_tokens", "use_embeds")  # PUMA's models.py arguments beyond diffusers' UNet
+PUMA_MAPPING = {"mapping_dim": 1024, "mapping_dim1": 2048}  # infer_detokenizer.py's: CLIP-L's width → SDXL's cross-attention
 OUR_KEYS = ("spatial_dim", "spatial_hidden", "spatial_skip", "scheduler_config")  # written by us, absent from PUMA's release (= 0)
 
 def save_puma_decoder(decoder:Decoder, folder):
@@ -247,31 +252,59 @@ def save_puma_decoder(decoder:Decoder, folder):
     sd.update(decoder.unet.state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, folder / "diffusion_pytorch_model.safetensors")
 
+def decoder_weight_files(folder:Path, variant:str|None=None) -> list[Path]:
+    "A diffusers model folder's weight files, in every layout `from_pretrained` reads: one file or the shards its index lists, safetensors or `.bin`, with an optional variant (`fp16`)."
+    for name, index in ((SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+        one, idx = folder / _add_variant(name, variant), folder / _add_variant(index, variant)
+        if one.exists(): return [one]
+        if idx.exists(): return [folder / f for f in sorted(set(json.loads(idx.read_text())["weight_map"].values()))]
+    there = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    hint = " (there is an fp16 variant: pass variant='fp16')" if variant is None and any(".fp16." in n for n in there) else ""
+    raise FileNotFoundError(f"{folder} holds no diffusers weights{' of variant ' + repr(variant) if variant else ''}{hint}: expected "
+                            f"{SAFETENSORS_WEIGHTS_NAME}, {WEIGHTS_NAME} or a sharded index; found {there[:8]}. PUMA's release "
+                            "has unet_1, unet_4, unet_16, unet_64, unet_256")
+
 def load_puma_decoder(folder, # a `unet_{n}` folder, PUMA's or ours
-                      device="cpu") -> Decoder:
-    "Read a decoder in PUMA's released layout, with a clear error for a missing or foreign folder."
+                      device="cpu",
+                      mapping_dim:int|None=None, # C, f_i's width (PUMA: 1024)
+                      mapping_dim1:int|None=None, # the UNet's cross-attention width (PUMA: 2048)
+                      num_tokens:int|None=None, # tokens of f_i (default: n of the folder's name `unet_n`)
+                      use_embeds:bool|None=None, # the learned positional embedding (PUMA: for 256 tokens only)
+                      variant:str|None=None, # a diffusers weight variant, e.g. `fp16`
+                      dtype=torch.float32) -> Decoder:
+    "Read a decoder in PUMA's released layout: an argument, else `config.json`, else PUMA's value; every missing or unexpected weight named."
     folder = Path(folder)
-    cfg_file, weights = folder / "config.json", folder / "diffusion_pytorch_model.safetensors"
-    if not cfg_file.exists() or not weights.exists():
-        raise FileNotFoundError(f"{folder} is not a PUMA decoder folder: expected config.json and "
-                                f"diffusion_pytorch_model.safetensors (PUMA's release has unet_1, unet_4, unet_16, unet_64, unet_256)")
-    cfg = json.loads(cfg_file.read_text())
-    missing = [k for k in PUMA_KEYS if k not in cfg]
-    if missing: raise ValueError(f"{cfg_file} lacks PUMA's decoder keys {missing}: is this a plain diffusers UNet?")
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a PUMA decoder folder: no config.json (PUMA's release has unet_1, unet_4, unet_16, "
+                                "unet_64, unet_256)")
+    cfg = json.loads((folder / "config.json").read_text())
+    named = re.fullmatch(r"unet_(\d+)", folder.name)
+    given = {"mapping_dim": mapping_dim, "mapping_dim1": mapping_dim1, "num_tokens": num_tokens, "use_embeds": use_embeds}
+    defaults = {**PUMA_MAPPING, "num_tokens": int(named[1]) if named else SCALES[0]}
+    a = {k: v if v is not None else cfg.get(k, defaults.get(k)) for k, v in given.items()}
+    if a["use_embeds"] is None: a["use_embeds"] = a["num_tokens"] == SCALES[0]
     unet_cfg = {k: v for k, v in cfg.items() if k not in PUMA_KEYS + OUR_KEYS and not k.startswith("_")}
     unet_cfg.update(addition_embed_type=None)  # PUMA drops SDXL's added conditions
     unet = UNet2DConditionModel.from_config(unet_cfg)
-    dec = Decoder(unet, cfg["mapping_dim"], cfg["num_tokens"], use_pos=cfg["use_embeds"], spatial_dim=cfg.get("spatial_dim", 0),
-                  spatial_hidden=cfg.get("spatial_hidden", 0), spatial_skip=cfg.get("spatial_skip", False), scheduler_config=cfg.get("scheduler_config"))
-    if dec.mapping_layer.out_features != cfg["mapping_dim1"]:
-        raise ValueError(f"mapping_dim1 {cfg['mapping_dim1']} does not match the UNet's cross_attention_dim {unet.config.cross_attention_dim}")
-    sd = load_file(weights, device=str(device))
-    mine = {"mapping_layer.weight": sd.pop("mapping_layer.weight"), "mapping_layer.bias": sd.pop("mapping_layer.bias")}
-    if dec.embed_img_pos is not None: mine["embed_img_pos"] = sd.pop("embed_img_pos")
-    for name in ("spatial", "spatial_out"):
-        if getattr(dec, name) is not None: mine.update({f"{name}.{k}": sd.pop(f"{name}.{k}") for k in getattr(dec, name).state_dict()})
-    dec.unet.load_state_dict(sd, strict=True)
-    dec.load_state_dict({**mine, **{f"unet.{k}": v for k, v in dec.unet.state_dict().items()}}, strict=True)
+    if unet.config.cross_attention_dim != a["mapping_dim1"]:
+        raise ValueError(f"mapping_dim1 {a['mapping_dim1']} does not match the UNet's cross_attention_dim {unet.config.cross_attention_dim}")
+    dec = Decoder(unet, a["mapping_dim"], a["num_tokens"], use_pos=a["use_embeds"], spatial_dim=cfg.get("spatial_dim", 0),
+                  spatial_hidden=cfg.get("spatial_hidden", 0), spatial_skip=cfg.get("spatial_skip", False),
+                  scheduler_config=cfg.get("scheduler_config"))
+    sd = {}
+    for f in decoder_weight_files(folder, variant): sd.update(load_state_dict(f))
+    if "mapping_layer.weight" not in sd and a["mapping_dim"] == a["mapping_dim1"]:  # PUMA's models.py makes no mapping layer then
+        sd.update({"mapping_layer.weight": torch.eye(a["mapping_dim"]), "mapping_layer.bias": torch.zeros(a["mapping_dim"])})
+    ours = ("mapping_layer.", "embed_img_pos", "spatial.", "spatial_out.")
+    sd = {k if k.startswith(ours) else f"unet.{k}": v.to(dtype) for k, v in sd.items()}
+    own = dec.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (the model's: {tuple(own[k].shape)})" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    if bad or missing or unexpected:
+        raise ValueError(f"{folder} does not fit a decoder with mapping_dim={a['mapping_dim']}, mapping_dim1={a['mapping_dim1']}, "
+                         f"num_tokens={a['num_tokens']}, use_embeds={a['use_embeds']}: missing {missing[:8]}, unexpected "
+                         f"{unexpected[:8]}, other shapes {bad[:4]}" + (f" ({len(missing)} missing in all)" if len(missing) > 8 else ""))
+    dec.load_state_dict(sd)
     return dec.to(device)
 
 # %% ../nbs/04_decoder.ipynb #7405c1db

@@ -67,26 +67,63 @@ def test_puma_layout_round_trip(tmp_path, scale):
     assert torch.equal(d0(z, t, f), d1(z, t, f))
 
 
-def test_loads_a_checkpoint_written_as_pumas_release(tmp_path):
-    # PUMA's config.json is SDXL's UNet config (added conditions included) plus its four keys
-    d0 = build_decoder(0)
+def _same_output(unet, dec, n):
+    z, t, f = torch.randn(2, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, n, unet.config.mapping_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(dec(z, t, f), unet(z, t, encoder_hidden_states=unet.condition(f)).sample, atol=1e-5, rtol=1e-5)
+
+
+def test_loads_a_sharded_folder_as_pumas_models_py_writes_it(tmp_path):
+    from _helpers import puma_decoder_folder
     folder = tmp_path / "unet_256"
-    save_puma_decoder(d0, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-               _diffusers_version="0.25.0")
-    (folder / "config.json").write_text(json.dumps(cfg))
-    d1 = load_puma_decoder(folder)
-    assert d1.unet.config.addition_embed_type is None
-    z, t, f = torch.randn(1, 48, 16, 16), torch.tensor([10]), torch.randn(1, 256, 64)
-    assert torch.equal(d0(z, t, f), d1(z, t, f))
-    # a plain diffusers UNet folder, or a folder without weights, is a clear error
-    cfg = {k: v for k, v in cfg.items() if k not in ("mapping_dim", "num_tokens")}
-    (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="lacks PUMA's decoder keys"):
-        load_puma_decoder(folder)
+    unet = puma_decoder_folder(folder)  # sharded safetensors, no mapping arguments in config.json
+    files = sorted(p.name for p in folder.iterdir())
+    assert "diffusion_pytorch_model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 2
+    assert not {"mapping_dim", "num_tokens", "use_embeds"} & set(json.loads((folder / "config.json").read_text()))
+    d = load_puma_decoder(folder, mapping_dim=64, mapping_dim1=32)  # num_tokens = 256 from the name, so use_embeds
+    assert d.n_tokens == 256 and d.embed_img_pos is not None and d.unet.config.addition_embed_type is None
+    _same_output(unet, d, 256)
+    with pytest.raises(ValueError, match="mapping_dim1 2048 does not match the UNet's cross_attention_dim 32"):
+        load_puma_decoder(folder)  # PUMA's defaults, 1024 → 2048, do not fit this small UNet
+
+
+@pytest.mark.parametrize("layout", ["bin", "fp16", "config_keys"])
+def test_loads_every_layout_diffusers_writes(tmp_path, layout):
+    from _helpers import puma_decoder_folder
+    folder = tmp_path / "unet_16"
+    save = {"bin": dict(safe_serialization=False), "fp16": dict(variant="fp16"), "config_keys": {}}[layout]
+    unet = puma_decoder_folder(folder, num_tokens=16, keep_mapping_keys=layout == "config_keys", **save)
+    if layout == "fp16":
+        with pytest.raises(FileNotFoundError, match="pass variant='fp16'"):
+            load_puma_decoder(folder, mapping_dim=64, mapping_dim1=32)
+    kw = {} if layout == "config_keys" else dict(mapping_dim=64, mapping_dim1=32)  # PUMA's models.py registers them in config
+    d = load_puma_decoder(folder, variant="fp16" if layout == "fp16" else None, **kw)
+    assert d.embed_img_pos is None and d.n_tokens == 16
+    _same_output(unet, d, 16)
+
+
+def test_missing_and_unexpected_weights_are_named(tmp_path):
+    from _helpers import puma_decoder_folder
+    from safetensors.torch import save_file
+    folder = tmp_path / "unet_64"
+    unet = puma_decoder_folder(folder, num_tokens=64, max_shard_size="10GB")  # one file
+    sd = load_file(folder / "diffusion_pytorch_model.safetensors")
+    sd.pop("mapping_layer.bias"); sd["add_embedding.linear_1.weight"] = torch.zeros(2, 2)
+    save_file(sd, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['mapping_layer.bias'\], unexpected \['unet.add_embedding.linear_1.weight'\]"):
+        load_puma_decoder(folder, mapping_dim=64, mapping_dim1=32)
+    with pytest.raises(ValueError, match="unexpected \\['embed_img_pos'\\]"):
+        puma_decoder_folder(tmp_path / "unet_256", max_shard_size="10GB")
+        load_puma_decoder(tmp_path / "unet_256", mapping_dim=64, mapping_dim1=32, use_embeds=False)
     with pytest.raises(FileNotFoundError, match="unet_1, unet_4"):
         load_puma_decoder(tmp_path)
+
+
+def test_no_mapping_layer_when_the_widths_agree(tmp_path):
+    from _helpers import puma_decoder_folder
+    unet = puma_decoder_folder(tmp_path / "unet_4", num_tokens=4, mapping_dim=32, mapping_dim1=32)
+    d = load_puma_decoder(tmp_path / "unet_4", mapping_dim=32, mapping_dim1=32)
+    _same_output(unet, d, 4)
 
 
 def test_steps_follow_the_papers_ratio():
