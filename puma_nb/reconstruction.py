@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_reconstruction.ipynb #aed4929b
 from __future__ import annotations
+import argparse, json, math, sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,16 +14,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .decoder import (Decoder, DecoderRunConfig, PatchSpace, load_puma_decoder, null_features, plain_folder, sample,
-                             steps_per_scale, train_decoder)
-from .pyramid import SCALES, pyramid
+from .decoder import (Decoder, DecoderRunConfig, PatchSpace, VAESpace, load_puma_decoder, null_features, plain_folder,
+                             sample, steps_per_scale, train_decoder)
+from .pyramid import SCALES, clip_l_folder, load_encoder, puma_image, pyramid
 from .toyworld import Scene, parse, to_image
 from .training import FitResult
 
 # %% auto #0
 __all__ = ['ALEXNET_FILE', 'ATTRIBUTES', 'PAPER_TABLE1', 'psnr', 'lpips_metric', 'lpips_distance', 'survival', 'survival_rates',
            'chance_rates', 'load_decoders', 'decode_features', 'reconstruct', 'table1', 'table1_markdown', 'figure3',
-           'train_decoders']
+           'train_decoders', 'load_encoder_folder', 'latent_space_of', 'reconstruct_file', 'reconstruct_main']
 
 # %% ../nbs/05_reconstruction.ipynb #05dc161a
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, as lpips loads them
@@ -192,3 +193,72 @@ def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.ya
         results[i] = train_decoder(cfg)
         if results[i].status != "done": break  # preempted or stopped: D_i is not exported, and D_{i+1} starts from it
     return results
+
+# %% ../nbs/05_reconstruction.ipynb #ce6a02cc
+def load_encoder_folder(folder) -> nn.Module:
+    "The frozen encoder in `folder`: a transformers CLIP folder (PUMA's `clip-vit-large-patch14`) or a tiny CLIP (`save_clip`)."
+    cfg = json.loads((Path(folder) / "config.json").read_text()) if (Path(folder) / "config.json").exists() else {}
+    return clip_l_folder(folder) if "model_type" in cfg else load_encoder(str(folder))
+
+def latent_space_of(D:Decoder, # the decoder (its UNet says how many channels it denoises)
+                    vae=None, # a diffusers `AutoencoderKL` folder; None: the decoder's sibling `vae`, else the patch space
+                    decoder_folder=None) -> nn.Module:
+    "The space `D` denoises in: SDXL's VAE (PUMA's), or the tiny decoders' patch space."
+    vae = Path(vae) if vae else (Path(decoder_folder).parent / "vae" if decoder_folder else None)
+    if vae is not None and (vae / "config.json").exists():
+        from diffusers import AutoencoderKL
+        return VAESpace(AutoencoderKL.from_pretrained(vae, torch_dtype=torch.float32))
+    c = D.unet.config.out_channels
+    p = math.isqrt(c // 3)
+    if c % 3 or p * p * 3 != c: raise FileNotFoundError(f"no VAE for a decoder with {c} latent channels: pass --vae (PUMA's is "
+                                                        "stable-diffusion-xl-base-1.0/vae)")
+    return PatchSpace(p)
+
+@torch.no_grad()
+def reconstruct_file(image, # a picture file (or PIL image)
+                     scale:int, # i: decode f_i with D_i
+                     enc:nn.Module, D:Decoder, space:nn.Module,
+                     steps:int=50, guidance:float=2.0, # PUMA's: DDPM, 50 steps, guidance 2.0
+                     size:int=1024, # the picture's side (PUMA's SDXL decoders draw 1024)
+                     seed:int=0, scheduler_config:dict|None=None):
+    "`infer_detokenizer.py` for one picture: PUMA's preprocessing, f_i, D_i with classifier-free guidance → a PIL image."
+    from PIL import Image
+    dev = next(D.parameters()).device
+    f = pyramid(enc.to(dev)(puma_image(image, enc.image_size)[None].to(dev)))[scale]
+    f_null = null_features(enc, scale, enc.image_size)  # the features of an all-black picture
+    g = torch.Generator(dev).manual_seed(seed)
+    z = sample(D, f, f_null, space.latent_shape(size), steps, guidance, "ddpm", generator=g, **(scheduler_config or {}))
+    x = space.to(dev).decode(z)[0].clamp(0, 1)
+    return Image.fromarray((x.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+
+def reconstruct_main(argv:list[str]|None=None) -> int:
+    "`puma-nb reconstruct IMAGE --scale i --clip DIR --decoder DIR [...]`: one picture redrawn from f_i, as PUMA's script does."
+    ap = argparse.ArgumentParser(prog="puma-nb reconstruct", description="Redraw a picture from its f_i with D_i (PUMA's infer_detokenizer.py).")
+    ap.add_argument("image"); ap.add_argument("--scale", type=int, required=True, choices=range(5), help="i: 0 (f0, 256 tokens) … 4 (f4, 1 token)")
+    ap.add_argument("--clip", required=True, help="a transformers CLIP folder (PUMA's ckpts/clip-vit-large-patch14) or a tiny CLIP folder")
+    ap.add_argument("--decoder", required=True, help="a unet_<n> folder (PUMA's ckpts/stable-diffusion-xl-base-1.0/unet_256 …)")
+    ap.add_argument("--vae", help="an AutoencoderKL folder (default: the decoder's sibling vae/)")
+    ap.add_argument("--scheduler", help="a scheduler folder (default: the decoder's sibling scheduler/, else SDXL's config)")
+    ap.add_argument("--mapping-dim", type=int, help="f_i's width (default: config.json, else PUMA's 1024)")
+    ap.add_argument("--mapping-dim1", type=int, help="the cross-attention width (default: config.json, else PUMA's 2048)")
+    ap.add_argument("--steps", type=int, default=50); ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--size", type=int, default=1024); ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", help="the picture to write (default: <image stem>_rec_<n>.png)")
+    a = ap.parse_args(argv)
+    dec_dir = Path(a.decoder)
+    D = load_puma_decoder(dec_dir, a.device, mapping_dim=a.mapping_dim, mapping_dim1=a.mapping_dim1).eval()
+    if D.n_tokens != SCALES[a.scale]: raise ValueError(f"--scale {a.scale} reads {SCALES[a.scale]} tokens but {dec_dir} holds a decoder of {D.n_tokens}")
+    enc = load_encoder_folder(a.clip).to(a.device)
+    sch_dir = Path(a.scheduler) if a.scheduler else dec_dir.parent / "scheduler"
+    sch = {k: v for k, v in json.loads((sch_dir / "scheduler_config.json").read_text()).items() if not k.startswith("_")} \
+        if (sch_dir / "scheduler_config.json").exists() else {}
+    pic = reconstruct_file(a.image, a.scale, enc, D, latent_space_of(D, a.vae, dec_dir), a.steps, a.guidance, a.size, a.seed, sch)
+    out = Path(a.out or f"{Path(a.image).stem}_rec_{SCALES[a.scale]}.png")
+    pic.save(out)
+    print(f"puma-nb reconstruct: {out} ({pic.width}×{pic.height}, f{a.scale}, {a.steps} steps, guidance {a.guidance})")
+    return 0
+
+# %% ../nbs/05_reconstruction.ipynb #ce6a02ce
+if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m puma_nb.reconstruction IMAGE ...`
+    sys.exit(reconstruct_main())

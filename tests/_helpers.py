@@ -55,3 +55,36 @@ def puma_decoder_folder(folder, num_tokens=256, mapping_dim=64, mapping_dim1=32,
         for k in ("mapping_dim", "mapping_dim1", "num_tokens", "use_embeds"): cfg.pop(k)
         (Path(folder) / "config.json").write_text(json.dumps(cfg))
     return unet
+
+
+def small_quick_gelu_clip():
+    "A small random QuickGELU ViT on CLIP-L's grid (patch 14 at 224 px), with a text tower as CLIP has."
+    import open_clip, torch
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    torch.manual_seed(0)
+    return open_clip.CLIP(embed_dim=32, quick_gelu=True,
+                          vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=14, image_size=224),
+                          text_cfg=CLIPTextCfg(layers=1, width=32, heads=1, context_length=8)).eval()
+
+
+def puma_clip_folder(visual, folder):
+    """A transformers `CLIPModel` folder laid out as PUMA's `ckpts/clip-vit-large-patch14` (text and vision towers, keys under
+    `vision_model.` / `text_model.`, a preprocessor config), holding `visual`'s weights."""
+    import json
+    from safetensors.torch import save_file
+    import open_clip
+    from transformers import CLIPConfig, CLIPModel
+    from puma_nb.pyramid import vision_model_from_open_clip
+    v = vision_model_from_open_clip(visual)
+    cfg = CLIPConfig(vision_config=v.config.to_dict(), projection_dim=32,
+                     text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, bos_token_id=0, eos_token_id=1,
+                                      hidden_act="quick_gelu", vocab_size=100, max_position_embeddings=8))
+    full = CLIPModel(cfg)
+    sd = {k: t for k, t in full.state_dict().items() if not k.startswith("vision_model.")}
+    sd.update({f"vision_model.{k}": t for k, t in v.state_dict().items()})
+    folder.mkdir(parents=True)
+    save_file({k: t.contiguous() for k, t in sd.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "transformers_version": "4.44.0"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                                                 "image_std": list(open_clip.OPENAI_DATASET_STD), "crop_size": 224}))
+    return folder

@@ -71,39 +71,10 @@ def test_clip_l_without_weights_is_a_clear_error():
         clip_l("openai", device="meta")
 
 
-def _small_quick_gelu_clip():
-    "A small random QuickGELU ViT on CLIP-L's grid (patch 14 at 224 px), with a text tower as CLIP has."
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-    torch.manual_seed(0)
-    return open_clip.CLIP(embed_dim=32, quick_gelu=True,
-                          vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=14, image_size=224),
-                          text_cfg=CLIPTextCfg(layers=1, width=32, heads=1, context_length=8)).eval()
-
-
-def _puma_clip_folder(visual, folder):
-    """A transformers `CLIPModel` folder laid out as PUMA's `ckpts/clip-vit-large-patch14` (text and vision towers, keys under
-    `vision_model.` / `text_model.`, a preprocessor config), holding `visual`'s weights."""
-    import json
-    from safetensors.torch import save_file
-    from transformers import CLIPConfig, CLIPModel
-    v = vision_model_from_open_clip(visual)
-    cfg = CLIPConfig(vision_config=v.config.to_dict(), projection_dim=32,
-                     text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
-                                      hidden_act="quick_gelu", vocab_size=100, max_position_embeddings=8))
-    full = CLIPModel(cfg)
-    sd = {k: t for k, t in full.state_dict().items() if not k.startswith("vision_model.")}
-    sd.update({f"vision_model.{k}": t for k, t in v.state_dict().items()})
-    folder.mkdir(parents=True)
-    save_file({k: t.contiguous() for k, t in sd.items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "transformers_version": "4.44.0"}))
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(open_clip.OPENAI_DATASET_MEAN),
-                                                                 "image_std": list(open_clip.OPENAI_DATASET_STD), "crop_size": 224}))
-    return folder
-
-
 def test_open_clip_and_pumas_transformers_folder_give_the_same_f0(tmp_path):
-    clip = _small_quick_gelu_clip()
-    folder = _puma_clip_folder(clip.visual, tmp_path / "clip-vit-large-patch14")
+    from _helpers import puma_clip_folder, small_quick_gelu_clip
+    clip = small_quick_gelu_clip()
+    folder = puma_clip_folder(clip.visual, tmp_path / "clip-vit-large-patch14")
     hf = load_encoder(f"clip-l:{folder}")  # a folder after clip-l: is PUMA's transformers CLIP
     assert isinstance(hf, HFCLIPEncoder) and (hf.grid, hf.width) == (16, 64) and uses_quick_gelu(hf.visual)
     x = torch.rand(2, 3, 224, 224)
@@ -115,7 +86,8 @@ def test_open_clip_and_pumas_transformers_folder_give_the_same_f0(tmp_path):
 
 def test_a_transformers_folder_with_the_wrong_activation_is_refused(tmp_path):
     import json
-    folder = _puma_clip_folder(_small_quick_gelu_clip().visual, tmp_path / "clip")
+    from _helpers import puma_clip_folder, small_quick_gelu_clip
+    folder = puma_clip_folder(small_quick_gelu_clip().visual, tmp_path / "clip")
     cfg = json.loads((folder / "config.json").read_text())
     cfg["vision_config"]["hidden_act"] = "gelu"
     (folder / "config.json").write_text(json.dumps(cfg))

@@ -1,6 +1,7 @@
 "Table 1 on ShapesWorld: metrics, the LPIPS stand-in, the parser's survival rates, five decoders trained, exported and read back."
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,55 @@ def test_reader_loss_on_the_last_steps_only_and_the_chain_starts_before_them(tmp
     with pytest.raises(Exception, match="reader_steps"):
         from dataclasses import replace
         replace(base, reader_steps=5, train=replace(base.train, steps=5)).validate()
+
+
+def _puma_release(root):
+    """PUMA's checkpoint folders in small, random weights of the same classes: ckpts/clip-vit-large-patch14 (transformers) and
+    ckpts/stable-diffusion-xl-base-1.0/{unet_256, unet_16, vae, scheduler} (diffusers)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from _helpers import puma_clip_folder, puma_decoder_folder, small_quick_gelu_clip
+    from puma_nb.decoder import SDXL_SCHEDULER
+    clip = puma_clip_folder(small_quick_gelu_clip().visual, root / "clip-vit-large-patch14")
+    sdxl = root / "stable-diffusion-xl-base-1.0"
+    puma_decoder_folder(sdxl / "unet_256"); puma_decoder_folder(sdxl / "unet_16", num_tokens=16)
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  latent_channels=4, norm_num_groups=16).save_pretrained(sdxl / "vae")
+    DDPMScheduler(**{k: v for k, v in SDXL_SCHEDULER.items() if k != "set_alpha_to_one"}).save_pretrained(sdxl / "scheduler")
+    return clip, sdxl
+
+
+def test_reconstruct_runs_pumas_inference_on_its_folder_layout(tmp_path):
+    from PIL import Image
+    from puma_nb.reconstruction import reconstruct_main
+    clip, sdxl = _puma_release(tmp_path / "ckpts")
+    Image.fromarray((np.random.default_rng(0).random((300, 200, 3)) * 255).astype(np.uint8)).save(tmp_path / "cat.jpg")
+    args = [str(tmp_path / "cat.jpg"), "--clip", str(clip), "--mapping-dim", "64", "--mapping-dim1", "32", "--steps", "2", "--size", "48"]
+    for scale, n in ((0, 256), (2, 16)):
+        out = tmp_path / f"cat_rec_{n}.png"
+        assert reconstruct_main(args + ["--scale", str(scale), "--decoder", str(sdxl / f"unet_{n}"), "--out", str(out)]) == 0
+        assert Image.open(out).size == (48, 48)  # the size asked, drawn through the sibling vae/ (factor 2 here)
+    again = tmp_path / "again.png"
+    reconstruct_main(args + ["--scale", "0", "--decoder", str(sdxl / "unet_256"), "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(tmp_path / "cat_rec_256.png")))  # seeded
+    with pytest.raises(ValueError, match="--scale 1 reads 64 tokens but .*unet_256 holds a decoder of 256"):
+        reconstruct_main(args + ["--scale", "1", "--decoder", str(sdxl / "unet_256")])
+
+
+def test_reconstruct_file_decodes_f_i_of_pumas_preprocessing_against_a_black_null(tmp_path, monkeypatch):
+    "What reaches the decoder: f_i of the picture as puma_image reads it, and f_i of an all-black picture as the null condition."
+    from PIL import Image
+    from puma_nb import reconstruction as R
+    from puma_nb.pyramid import CLIPEncoder, puma_image, pyramid
+    from _helpers import small_quick_gelu_clip
+    enc = CLIPEncoder(small_quick_gelu_clip().visual, 224)
+    im = Image.fromarray((np.random.default_rng(1).random((90, 160, 3)) * 255).astype(np.uint8))
+    seen = {}
+    def fake_sample(D, f, f_null, shape, steps, guidance, scheduler, generator=None, **kw):
+        seen.update(f=f, f_null=f_null, shape=shape, steps=steps, guidance=guidance, scheduler=scheduler)
+        return torch.zeros(1, *shape)
+    monkeypatch.setattr(R, "sample", fake_sample)
+    pic = R.reconstruct_file(im, 3, enc, torch.nn.Linear(1, 1), R.PatchSpace(4), size=32)
+    assert pic.size == (32, 32) and seen["shape"] == (48, 8, 8) and (seen["steps"], seen["guidance"], seen["scheduler"]) == (50, 2.0, "ddpm")
+    torch.testing.assert_close(seen["f"], pyramid(enc(puma_image(im)[None]))[3])
+    torch.testing.assert_close(seen["f_null"], pyramid(enc(torch.zeros(1, 3, 224, 224)))[3])
