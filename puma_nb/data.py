@@ -109,10 +109,12 @@ def image_problem(data:bytes) -> str|None:
 def decode_image(data:bytes|str|Path, # image bytes, or a file
                  size:int|None=None, # output side; None keeps the picture as it is
                  crop:bool=True, # center-crop to a square first (else squash, as PUMA's encoder preprocessing)
+                 draft:bool=False, # JPEG: decode at the smallest DCT scale still ≥ size (faster; other pixels than PUMA's, so
+                                   # only for pictures the encoder does not read, such as a decoder's VAE target)
                 ) -> torch.Tensor:
-    "A picture as `(3, size, size)` float in [0, 1]: RGB, center-cropped, resized bilinear."
+    "A picture as `(3, size, size)` float in [0, 1]: RGB, center-cropped, resized by PIL's (antialiased) bilinear filter, as PUMA's encoder reads it."
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as f:
-        if size: f.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale that is still ≥ size
+        if size and draft: f.draft("RGB", (size, size))
         im = f.convert("RGB")
     if crop and im.width != im.height:
         s = min(im.size); l, t = (im.width - s) // 2, (im.height - s) // 2
@@ -141,8 +143,11 @@ class PairItem:
                  image_size:int=64, # the encoder's input side (64 for the tiny CLIP, 224 for CLIP-L)
                  seed:int=0, # the direction of each sample is fixed by (seed, key)
                  p_t2i:float=0.5, # *"we randomly assign 50% of the samples to text-to-image"* (A.2.2)
-                 crop:bool=True): # center crop (A.2.2)
+                 crop:bool=True, # center crop (A.2.2)
+                 clip_size:int|None=None): # the encoder's side, where it differs from `image_size` (a decoder's 512-px picture
+                                           # beside CLIP-L's 224): the item also gets `clip_image`, made as the MLLM's pictures are
         self.image_size, self.seed, self.p_t2i, self.crop = image_size, seed, p_t2i, crop
+        self.clip_size = clip_size if clip_size != image_size else None
 
     def check(self, sample:dict) -> None:
         "Raise if `__call__` would: no picture, a truncated picture, no caption. Decodes nothing."
@@ -151,7 +156,10 @@ class PairItem:
     def __call__(self, sample:dict) -> dict:
         ext, caption, key = _image_ext(sample), _caption(sample), sample["__key__"]
         t2i = np.random.default_rng([self.seed, zlib.crc32(key.encode())]).random() < self.p_t2i
-        return {"source": "t2i" if t2i else "i2t", "caption": caption, "key": key, "image": decode_image(sample[ext], self.image_size, self.crop)}
+        item = {"source": "t2i" if t2i else "i2t", "caption": caption, "key": key,
+                "image": decode_image(sample[ext], self.image_size, self.crop, draft=self.clip_size is not None)}
+        if self.clip_size: item["clip_image"] = decode_image(sample[ext], self.clip_size, self.crop)  # one path into the encoder
+        return item
 
 # %% ../nbs/12_data.ipynb #5a229052
 def deal(n_shards:int, # shards in the list

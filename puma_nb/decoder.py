@@ -419,8 +419,9 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
     sch = make_scheduler("ddpm", **diff.scheduler_config())
     def loss_fn(model, batch):
         x = batch["image"]
+        x_enc = batch.get("clip_image", x)  # real data: the encoder's own 224-px input, resized as the MLLM's (`PairItem`)
         with torch.no_grad():
-            fs, z0 = pyramid(enc.to(x.device)(x)), space.to(x.device).encode(x)
+            fs, z0 = pyramid(enc.to(x.device)(x_enc.to(x.device))), space.to(x.device).encode(x)
             f = degrade(fs, scale, diff.cond_blur, diff.cond_noise) if diff.cond_blur and scale in diff.cond_scales else fs[scale]
         return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
     return loss_fn
@@ -490,7 +491,7 @@ def train_decoder(cfg:DecoderRunConfig) -> FitResult:
     dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
     if cfg.data.shards:  # pictures (and captions) streamed from shards, resized to the decoder's side
         from puma_nb.data import PairItem, ShardStream
-        ds = ShardStream(cfg.data.shards, PairItem(cfg.model.image_size, cfg.data.seed), cfg.data.seed, cfg.data.shuffle_buffer,
+        ds = ShardStream(cfg.data.shards, PairItem(cfg.model.image_size, cfg.data.seed, clip_size=enc.image_size), cfg.data.seed, cfg.data.shuffle_buffer,
                          max_bad_rate=cfg.data.max_bad_rate)
     else: ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
     f_null = null_features(enc, cfg.scale, enc.image_size)

@@ -2,6 +2,7 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -296,3 +297,18 @@ def test_fit_resumes_a_stream_exactly(bad_shards, tmp_path):
     resumed = run("b")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
     assert [r["skipped"] for r in resumed] == [r["skipped"] for r in straight] and straight[-1]["skipped"] >= 4
+
+
+def test_a_decoders_pair_item_feeds_the_encoder_the_mllms_picture(tmp_path):
+    "PairItem(512-like side, clip_size=224-like side): `clip_image` equals the MLLM's item at the encoder's side, pixel for pixel."
+    import io
+    from PIL import Image
+    from puma_nb.data import PairItem, decode_image
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO(); Image.fromarray((rng.random((120, 90, 3)) * 255).astype(np.uint8)).save(buf, "JPEG"); jpg = buf.getvalue()
+    sample = {"__key__": "k", "jpg": jpg, "txt": b"a cat"}
+    dec, mllm = PairItem(96, clip_size=40)(sample), PairItem(40)(sample)
+    assert dec["image"].shape == (3, 96, 96) and torch.equal(dec["clip_image"], mllm["image"])
+    want = Image.open(io.BytesIO(jpg)).convert("RGB").crop((0, 15, 90, 105)).resize((40, 40), Image.BILINEAR)  # crop, PIL bilinear
+    assert torch.equal(mllm["image"], torch.from_numpy(np.array(want)).permute(2, 0, 1).float() / 255)
+    assert torch.equal(decode_image(jpg, 40), mllm["image"])

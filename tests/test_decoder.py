@@ -383,3 +383,17 @@ def test_cond_blur_is_validated_and_reaches_the_decoder_loss(tmp_path):
     assert fn(d, {"image": x}).item() == losses[0.0]  # scale 0 is not in cond_scales: A.1's conditions
     with pytest.raises(ConfigError, match="cond_scales"):
         DecoderRunConfig(diffusion=DiffusionConfig(cond_scales=(0, 7))).validate()
+
+
+def test_real_data_reaches_the_encoder_as_the_mllms_pictures_do():
+    "A decoder item from shards carries the encoder's input (`clip_image`, PUMA's PIL resize); the loss encodes that, not the VAE's picture."
+    from puma_nb.decoder import DiffusionConfig, decoder_loss_fn
+    seen = []
+    class Enc(torch.nn.Module):
+        def forward(self, x): seen.append(tuple(x.shape)); return torch.zeros(len(x), 256, 64)
+    f_null = torch.zeros(1, 256, 64)
+    loss_fn = decoder_loss_fn(Enc(), PatchSpace(), f_null, 0, DiffusionConfig())
+    d = build_decoder(0)
+    loss_fn(d, {"image": torch.rand(2, 3, 64, 64), "clip_image": torch.rand(2, 3, 32, 32)})
+    loss_fn(d, {"image": torch.rand(2, 3, 64, 64)})  # ShapesWorld: one picture serves both
+    assert seen == [(2, 3, 32, 32), (2, 3, 64, 64)]
