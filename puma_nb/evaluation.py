@@ -5,6 +5,7 @@
 # %% ../nbs/10_evaluation.ipynb #ba833677
 from __future__ import annotations
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,15 +13,20 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import EntryNotFoundError
 
 from .pyramid import clip_preprocess, load_clip, tokenizer
 
 # %% auto #0
-__all__ = ['dino_score', 'Embedder', 'on_disk', 'clip_embedder', 'dino_embedder', 'clip_i', 'clip_t', 'five_scale_max',
-           'learned_t2i', 'learned_edit', 'imagenet_val', 'coco30k', 'emu_edit', 'run_table1', 'run_table2',
-           'run_table3']
+__all__ = ['MISSING_WEIGHTS', 'dino_score', 'Embedder', 'hub_weights', 'clip_from_model', 'dino_from_model', 'clip_embedder',
+           'dino_embedder', 'clip_i', 'clip_t', 'five_scale_max', 'learned_t2i', 'learned_edit', 'imagenet_val',
+           'coco30k', 'emu_edit', 'run_table1', 'run_table2', 'run_table3']
 
 # %% ../nbs/10_evaluation.ipynb #d5eca74f
+MISSING_WEIGHTS = (OSError, EntryNotFoundError)  # what a hub look-up raises for weights it cannot have: huggingface_hub's
+                                                 # LocalEntryNotFoundError (a FileNotFoundError: not in the cache, or offline),
+                                                 # RepositoryNotFoundError and other HTTP errors (OSErrors), EntryNotFoundError
+
 @dataclass
 class Embedder:
     "A learned metric's backbone: pictures (and texts) → unit vectors; `name` says which model it really is."
@@ -29,64 +35,96 @@ class Embedder:
     embed_text: Callable|None = None  # list of strings → (B, D), unit norm
     stand_in: bool = False
 
-def _clip_embedder(model, size:int, tok, name:str, stand_in:bool) -> Embedder:
+def hub_weights(repo:str, files:tuple[str, ...], # a hub repository and its weight files, the preferred first
+                local_only:bool=True) -> str: # look in the local Hugging Face cache only (no download attempt)
+    "The local path of the first of `files` that can be had; `FileNotFoundError` naming the repository and files when none can."
+    from huggingface_hub import hf_hub_download
+    err = None
+    for f in files:
+        try: return hf_hub_download(repo, f, local_files_only=local_only)
+        except MISSING_WEIGHTS as e: err = e
+    where = "not in the local Hugging Face cache" if local_only else f"could not be downloaded ({type(err).__name__}: {err})"
+    raise FileNotFoundError(f"{repo} ({', '.join(files)}) {where}") from err
+
+def clip_from_model(model, # an open_clip `CLIP`
+                    tok, # its tokenizer: a list of strings → token ids
+                    name:str, mean=None, std=None, # the pictures' normalisation (default: OpenAI's)
+                    stand_in:bool=False) -> Embedder:
+    "A loaded CLIP as an `Embedder`: pictures resized to its input side (no crop) and normalised, texts tokenised; unit embeddings."
     import open_clip
     model = model.eval()
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = torch.tensor(mean or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(std or open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     img = torch.no_grad()(lambda x: F.normalize(model.encode_image(clip_preprocess(x, size, mean, std)).float(), dim=-1))
     txt = torch.no_grad()(lambda t: F.normalize(model.encode_text(tok(list(t))).float(), dim=-1))
     return Embedder(name, img, txt, stand_in)
 
-def on_disk(repo:str, files:tuple[str, ...]) -> bool:
-    "Is one of a hub repository's weight files in the local cache (so that loading needs no network)?"
-    from huggingface_hub import try_to_load_from_cache
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+def dino_from_model(model, # a timm ViT built with `num_classes=0`: its forward is the pooled (CLS) embedding
+                    name:str, stand_in:bool=False) -> Embedder:
+    "A loaded timm ViT as an `Embedder`: pictures resized to its input side (no crop), normalised by its own mean/std (ImageNet's for DINO)."
+    import timm
+    model = model.eval()
+    dc = timm.data.resolve_model_data_config(model)
+    size, mean, std = dc["input_size"][-1], torch.tensor(dc["mean"]).view(1, 3, 1, 1), torch.tensor(dc["std"]).view(1, 3, 1, 1)
+    img = torch.no_grad()(lambda x: F.normalize(model(clip_preprocess(x, size, mean, std)).float(), dim=-1))
+    return Embedder(name, img, None, stand_in)
 
-def clip_embedder(fallback=None, # a tiny CLIP folder (`save_clip`) to use when CLIP-B/32's weights cannot be loaded
-                  arch:str="ViT-B-32", pretrained:str="openai",
+def clip_embedder(fallback=None, # a tiny CLIP folder (`save_clip`) to use when CLIP-B/32's weights are missing
+                  arch:str="ViT-B-32", # an open_clip model name
+                  pretrained:str="openai", # an open_clip tag of `arch`, or a weights file
                   local_only:bool=True, # use weights already on disk only (no download attempt)
-                  hub_repo:str="timm/vit_base_patch32_clip_224.openai") -> Embedder:
-    "CLIP-B/32 for CLIP-I and CLIP-T (App. B.2), or the named stand-in."
+                  hub_repo:str|None=None, # the hub repository of the weights (default: the tag's)
+                  quick_gelu:bool|None=None) -> Embedder: # build with QuickGELU (default: as the tag was trained; OpenAI's were)
+    "CLIP-B/32 for CLIP-I and CLIP-T (App. B.2), or the named stand-in when its weights are missing and `fallback` is given."
     import open_clip
-    try:
-        if local_only and not on_disk(hub_repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
-            raise FileNotFoundError(f"not on disk ({hub_repo} in the Hugging Face cache)")
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-        size = model.visual.image_size
-        return _clip_embedder(model, size[0] if isinstance(size, (tuple, list)) else size, open_clip.get_tokenizer(arch),
-                              f"CLIP {arch} ({pretrained})", False)
-    except Exception as e:
+    what, tag = f"CLIP {arch} ({pretrained})", open_clip.get_pretrained_cfg(arch, pretrained)  # tag: {} unless a known tag
+    quick_gelu = bool(tag.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
+    if not (hub_repo or tag.get("hf_hub") or Path(pretrained).is_file()):
+        raise ValueError(f"{pretrained!r} is neither a file nor a hub-hosted tag of open_clip's {arch} "
+                         f"({open_clip.list_pretrained_tags_by_model(arch)}); or name its hub repository (hub_repo=)")
+    try:  # only the weights' look-up: an error building or loading the model is no missing weights, and propagates
+        if hub_repo or tag.get("hf_hub"):
+            repo, f = (hub_repo, "") if hub_repo else os.path.split(tag["hf_hub"])  # open_clip's "org/name/[file]"
+            f = f or "open_clip_pytorch_model.bin"
+            safe = "open_clip_model.safetensors" if f == "open_clip_pytorch_model.bin" else f.rsplit(".", 1)[0] + ".safetensors"
+            weights = hub_weights(repo, tuple(dict.fromkeys((safe, f))), local_only)  # safetensors first, as open_clip
+        else: weights = str(pretrained)  # a weights file
+    except FileNotFoundError as e:
         if fallback is None:
-            raise RuntimeError(f"CLIP {arch} ({pretrained}) weights could not be loaded ({type(e).__name__}); "
-                               "download them once with network, or pass fallback= a tiny CLIP folder") from e
+            raise FileNotFoundError(f"{what} weights are missing: {e}; download them once with network, "
+                                    "or pass fallback= a tiny CLIP folder") from e
         model, cfg = load_clip(fallback)
-        return _clip_embedder(model, cfg.image_size, tokenizer(cfg), f"stand-in for CLIP {arch} ({pretrained}), whose weights "
-                              f"could not be loaded ({e}): the tiny ShapesWorld CLIP of {fallback}", True)
+        return clip_from_model(model, tokenizer(cfg), f"stand-in for {what}, whose weights could not be loaded ({e}): "
+                               f"the tiny ShapesWorld CLIP of {fallback}", stand_in=True)
+    model = open_clip.create_model(arch, pretrained=weights, force_quick_gelu=quick_gelu)
+    return clip_from_model(model, open_clip.get_tokenizer(arch), f"CLIP {arch} ({pretrained}{', QuickGELU' if quick_gelu else ''})",
+                           tag.get("mean"), tag.get("std"))
 
-def dino_embedder(fallback=None, # a tiny CLIP folder to use when DINO-S/16's weights cannot be loaded
-                  arch:str="vit_small_patch16_224.dino",
-                  local_only:bool=True) -> Embedder: # use weights already on disk only (no download attempt)
+def dino_embedder(fallback=None, # a tiny CLIP folder to use when DINO-S/16's weights are missing
+                  arch:str="vit_small_patch16_224.dino", # a timm model name (with its pretrained tag)
+                  local_only:bool=True, # use weights already on disk only (no download attempt)
+                  hub_repo:str|None=None, # the hub repository of the weights (default: timm's for `arch`)
+                  **model_kw) -> Embedder: # more arguments for `timm.create_model`
     "DINO-S/16 (timm) for the DINO score of App. B.3: the CLS embedding at 224 px, ImageNet mean/std; or the named stand-in."
     import timm
-    try:
-        if local_only and not on_disk(f"timm/{arch}", ("model.safetensors", "pytorch_model.bin")):
-            raise FileNotFoundError(f"not on disk (timm/{arch} in the Hugging Face cache)")
-        model = timm.create_model(arch, pretrained=True, num_classes=0).eval()
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        img = torch.no_grad()(lambda x: F.normalize(model(clip_preprocess(x, 224, mean, std)).float(), dim=-1))
-        return Embedder(f"DINO {arch} (timm)", img)
-    except Exception as e:
+    pc = timm.models.get_pretrained_cfg(arch)
+    repo = hub_repo or (pc.hf_hub_id if pc else None)
+    if not repo: raise ValueError(f"timm knows no hub weights for {arch!r}; name their hub repository (hub_repo=)")
+    try: weights = hub_weights(repo, ("model.safetensors", "pytorch_model.bin"), local_only)  # only the look-up, as for CLIP
+    except FileNotFoundError as e:
         if fallback is None:
-            raise RuntimeError(f"DINO {arch} weights could not be loaded ({type(e).__name__}); download them once with network, "
-                               "or pass fallback= a tiny CLIP folder") from e
+            raise FileNotFoundError(f"DINO {arch} weights are missing: {e}; download them once with network, "
+                                    "or pass fallback= a tiny CLIP folder") from e
         from puma_nb.pyramid import tiny_encoder
         model, cfg = load_clip(fallback)
         enc = tiny_encoder(model, cfg).eval()
         img = torch.no_grad()(lambda x: F.normalize(enc(x).flatten(1).float(), dim=-1))  # all 256 patch tokens: a spatial, self-similarity-like signature
         return Embedder(f"stand-in for DINO {arch}, whose weights could not be loaded ({e}): the 16×16 patch "
                         f"tokens of the tiny ShapesWorld CLIP of {fallback}, flattened", img, None, True)
+    model = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=weights), **model_kw)
+    return dino_from_model(model, f"DINO {arch} (timm)")
 
 # %% ../nbs/10_evaluation.ipynb #469e7527
 def clip_i(E:Embedder, generated:torch.Tensor, reference:torch.Tensor) -> torch.Tensor:

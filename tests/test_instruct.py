@@ -191,26 +191,46 @@ def test_understanding_conversations_ask_several_questions_per_picture():
         load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=2", "data.manifest=x.jsonl"])
 
 
-def test_understanding_ablation_and_place_probe_scripts(tmp_path):
-    "benchmarks/understanding_ablation.py, understanding_exists.py, feature_place_probe.py, object_shape_probe.py and decoder_score.py (figures of 08_instruct, 04_decoder) on a stand-in run folder."
-    import json, os
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    "A stand-in main-job run folder: a tiny CLIP (clip/model) and an untrained MLLM as the pretraining (pretrain/model)."
+    run = tmp_path_factory.mktemp("run")
     _init(run)
     (run / "clip").rename(run / "clip_model"); (run / "clip").mkdir(); (run / "clip_model").rename(run / "clip" / "model")
     (run / "pretrain").mkdir(); (run / "pre").rename(run / "pretrain" / "model")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return run
 
-    def bench(script, *args) -> dict:
-        "Run benchmarks/<script> and read the JSON of its last line."
-        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return json.loads(r.stdout.strip().splitlines()[-1])
 
+def bench(script, *args) -> dict:
+    "Run benchmarks/<script> as a command and read the JSON of its last line."
+    import json, os
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_here(monkeypatch, capsys, script, *args) -> dict:
+    "Run benchmarks/<script> in this process (so that a test can swap in an oracle for a model) and read the JSON of its last line."
+    import json, runpy
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_understanding_ablation_script(tmp_path, run_folder, monkeypatch, capsys):
+    "benchmarks/understanding_ablation.py (08_instruct's table): the run it asks for, a second phase, scoring alone; an oracle's answers score 1."
+    import json
+    from puma_nb import instruct
+    from puma_nb.cli import instruct_recipe
+    run = run_folder
     out = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "und", "--questions", 3, "--steps", 2, "--scales", 1, "--eval", 6)
-    assert (out["questions"], out["steps"], out["scales"], out["lr"]) == (3, 2, [1], 5e-4)
-    assert out["train_seconds"] > 0 and 0 <= out["accuracy"] <= 1 and set(out["per_kind"]) <= set(tw.QA_KINDS)
+    assert (out["questions"], out["steps"], out["scales"]) == (3, 2, [1]) and out["train_seconds"] > 0
+    assert out["lr"] == instruct_recipe("understanding", "m", "e").train.lr  # the tiny recipe's, as no --lr was given
     assert json.loads((tmp_path / "und" / "config.json").read_text())["data"]["questions"] == 3  # the run used the conversations
+    assert len(read_metrics(tmp_path / "und")) >= 1 and read_metrics(tmp_path / "und")[-1]["step"] == 2
     first = tmp_path / "und" / "model"  # a second phase from it, on all five scales; then the first model scored again, untrained
     again = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "und2", "--init", first, "--steps", 1, "--eval", 6)
     assert again["scales"] == [4, 3, 2, 1, 0] and again["init"] == str(first)
@@ -218,43 +238,127 @@ def test_understanding_ablation_and_place_probe_scripts(tmp_path):
     scored = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "none", "--init", first, "--steps", 0, "--scales", 1, "--eval", 6)
     assert (scored["accuracy"], scored["per_kind"], scored["train_seconds"]) == (out["accuracy"], out["per_kind"], 0)
     assert not (tmp_path / "none").exists()
-    ex = bench("understanding_exists.py", "--run", run, "--model", first, "--scales", 1, "--n", 5)  # "is there …?" answers, by why
-    assert ex["questions"] == 5 and sum(ex[k][1] for k in ("yes", "no_colour_absent", "no_other_shape")) == 5
-    assert all(0 <= ex[k][0] <= ex[k][1] for k in ("yes", "no_colour_absent", "no_other_shape"))
-    probe = bench("feature_place_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
-    assert set(probe) == {"f0", "f1"} and probe["f1"]["chance"] == round(1 / 64, 4)
-    assert all(0 <= v[k] <= 1 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
-    shapes = bench("object_shape_probe.py", "--clip", run / "clip" / "model", "--train", 40, "--test", 10)
-    assert shapes["tokens_per_object"] == 36 and shapes["objects"] >= 10 and shapes["chance"] == round(1 / 3, 4)
-    assert all(0 <= shapes[k] <= 1 for k in ("all", "small", "large"))
-    tokens = bench("clip_token_shape.py", "--clip", run / "clip" / "model", "--train-n", 40, "--test-n", 10)
-    assert tokens["clip"] == str(run / "clip" / "model") and tokens["objects"] >= 10 and tokens["chance"] == round(1 / 3, 4)
-    assert all(0 <= tokens[f"centre_token_shape_f{i}"] <= 1 for i in range(3))
-    assert all(0 <= tokens[f"prefers_true_caption_{a}"] <= 1 for a in ("shape", "color", "size", "position"))
-    for trial in ("recipe", "plain", "hard_negatives"):  # two steps of each trial loss, then the probes on the trial CLIP
+    # known answers: the true answers score 1 everywhere; "yes" to everything scores the share of questions whose answer is yes
+    qa = [InstructData("understanding", 40, "test", 0)[k] for k in range(40)]
+    read = []
+    monkeypatch.setattr(instruct, "answer", lambda m, t, e, items, input_scales=None, **kw: read.append(input_scales) or [q["answer"] for q in items])
+    oracle = bench_here(monkeypatch, capsys, "understanding_ablation.py", "--run", run, "--out", tmp_path / "x", "--init", first, "--steps", 0,
+                        "--scales", 21, "--eval", 40)
+    assert read == [(2, 1)] and oracle["accuracy"] == 1.0 and set(oracle["per_kind"]) == {q["kind"] for q in qa}
+    assert all(v == 1.0 for v in oracle["per_kind"].values()) and all(v == 1.0 for v in oracle["well_formed"].values())
+    monkeypatch.setattr(instruct, "answer", lambda m, t, e, items, **kw: ["yes"] * len(items))
+    yes = bench_here(monkeypatch, capsys, "understanding_ablation.py", "--run", run, "--out", tmp_path / "x", "--init", first, "--steps", 0, "--eval", 40)
+    assert yes["accuracy"] == pytest.approx(np.mean([q["answer"] == "yes" for q in qa])) and 0 < yes["accuracy"] < 1
+    assert yes["per_kind"]["color"] == 0 and yes["well_formed"]["color"] == 0 and yes["well_formed"]["exists"] == 1
+
+
+def test_understanding_exists_script(run_folder, monkeypatch, capsys):
+    "benchmarks/understanding_exists.py (08_instruct, *Reading f2 first*): the true answers are right in every case, 'no' only where the answer is no."
+    from puma_nb import instruct
+    run = run_folder
+    monkeypatch.setattr(instruct, "answer", lambda m, t, e, items, **kw: [q["answer"] for q in items])
+    ex = bench_here(monkeypatch, capsys, "understanding_exists.py", "--run", run, "--model", run / "pretrain" / "model", "--scales", 1, "--n", 30)
+    cases = ("yes", "no_colour_absent", "no_other_shape")
+    assert ex["questions"] == 30 and sum(ex[k][1] for k in cases) == 30 and all(ex[k][0] == ex[k][1] > 0 for k in cases)
+    monkeypatch.setattr(instruct, "answer", lambda m, t, e, items, **kw: ["no"] * len(items))
+    no = bench_here(monkeypatch, capsys, "understanding_exists.py", "--run", run, "--model", run / "pretrain" / "model", "--scales", 1, "--n", 30)
+    assert no["yes"] == [0, ex["yes"][1]] and all(no[k] == ex[k] for k in cases[1:])
+
+
+class _Oracle:
+    "A stand-in encoder: images → `(B, 256, width)` f0 tokens made by `make(image)`."
+    def __init__(self, width, make): self.width, self.make = width, make
+    def __call__(self, x): return torch.stack([self.make(im) for im in x])
+
+
+def test_feature_place_probe_script(run_folder, monkeypatch, capsys):
+    "benchmarks/feature_place_probe.py (08_instruct): tokens that are their place are read exactly; tokens all alike, at chance."
+    from puma_nb import pyramid as P
+    monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(256, lambda im: torch.eye(256)))
+    probe = bench_here(monkeypatch, capsys, "feature_place_probe.py", "--clip", run_folder / "clip" / "model", "--train", 20, "--test", 5)
+    assert set(probe) == {"f0", "f1"} and (probe["f0"]["chance"], probe["f1"]["chance"]) == (round(1 / 256, 4), round(1 / 64, 4))
+    assert all(v[k] == 1.0 for v in probe.values() for k in ("exact", "within_one", "over_objects", "over_background"))
+    monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(8, lambda im: torch.ones(256, 8)))
+    flat = bench_here(monkeypatch, capsys, "feature_place_probe.py", "--clip", run_folder / "clip" / "model", "--train", 20, "--test", 5)
+    assert all(v["exact"] == pytest.approx(v["chance"], abs=1e-3) for v in flat.values())  # one place guessed for every token
+
+
+def _shape_at_centres(im):
+    "f0 tokens holding, at each object's centre token, the one-hot of its shape (read back from the picture by the parser)."
+    f = torch.zeros(16, 16, len(tw.SHAPES))
+    for o in tw.parse(tw.to_image(im)).scene.objects:
+        cx, cy = tw.cell_center(o.position)
+        f[cy // (tw.SIZE // 16), cx // (tw.SIZE // 16), tw.SHAPES.index(o.shape)] = 1
+    return f.reshape(256, -1)
+
+
+def test_object_shape_probe_script(run_folder, monkeypatch, capsys):
+    "benchmarks/object_shape_probe.py (04_decoder): tokens that hold the shape are read right; tokens all alike give one shape's share."
+    from puma_nb import pyramid as P
+    monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(len(tw.SHAPES), _shape_at_centres))
+    shapes = bench_here(monkeypatch, capsys, "object_shape_probe.py", "--clip", run_folder / "clip" / "model", "--train", 40, "--test", 20)
+    assert shapes["tokens_per_object"] == 36 and shapes["chance"] == round(1 / 3, 4)
+    assert (shapes["all"], shapes["small"], shapes["large"]) == (1.0, 1.0, 1.0)
+    monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(4, lambda im: torch.ones(256, 4)))
+    flat = bench_here(monkeypatch, capsys, "object_shape_probe.py", "--clip", run_folder / "clip" / "model", "--train", 40, "--test", 20)
+    ds = tw.ShapesWorld("test", 20, "caption", 0)
+    objects = [o for i in range(20) for o in ds.scene(i).objects]
+    assert flat["objects"] == shapes["objects"] == len(objects)
+    assert flat["all"] == round(np.mean([o.shape == tw.SHAPES[0] for o in objects]), 4)  # every object called the first shape
+
+
+def test_clip_token_shape_trains_each_trial_clip_with_its_loss(tmp_path):
+    "benchmarks/clip_token_shape.py --train (03_pyramid's trials): two steps of each trial loss, the model where the probes read it."
+    for trial in ("recipe", "plain", "hard_negatives"):
         t = bench("clip_token_shape.py", "--train", trial, "--steps", 2, "--out", tmp_path / trial, "--train-n", 40, "--test-n", 10)
-        assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model").exists()
-        assert all(0 <= t[k] <= 1 for k in t if k.startswith(("centre", "prefers")))
+        assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model" / "model.safetensors").exists()
         rows = read_metrics(tmp_path / trial)  # the trial's own loss trained it: the recipe's token loss is logged beside the CLIP loss
         assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"]) and (("dense" in rows[-1]) == (trial == "recipe"))
+
+
+def test_decoder_score_script(tmp_path, run_folder, monkeypatch, capsys):
+    "benchmarks/decoder_score.py (04_decoder, 05_reconstruction): a decoder that gives the picture back keeps everything; a blank one, nothing."
+    from puma_nb import reconstruction
     from puma_nb.decoder import save_puma_decoder
-    save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")  # an untrained D_1: scores near zero, but every key there
-    score = bench("decoder_score.py", "--decoders", tmp_path / "dec", "--scale", 1, "--clip", run / "clip" / "model", "--n", 4, "--steps", 2, "--scheduler", "ddpm")
-    assert (score["scale"], score["n"], score["scheduler"]) == (1, 4, "ddpm") and all(0 <= score[k] <= 1 for k in ("color", "shape", "position", "background", "scene"))
+    save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")
+    asked = []
+    def perfect(D, enc, x, scale, **kw): asked.append((scale, kw["steps"], kw["scheduler"])); return x.clone()
+    monkeypatch.setattr(reconstruction, "reconstruct", perfect)
+    args = ("--decoders", tmp_path / "dec", "--scale", 1, "--clip", run_folder / "clip" / "model", "--n", 6, "--steps", 2, "--scheduler", "ddpm")
+    score = bench_here(monkeypatch, capsys, "decoder_score.py", *args)
+    assert asked == [(1, 2, "ddpm")] and (score["scale"], score["n"], score["scheduler"]) == (1, 6, "ddpm")
+    assert all(score[k] == 1.0 for k in ("color", "shape", "position", "background", "scene")) and score["psnr_r"] == 100.0
+    assert score["colour_lost_as"] == {} and sum(score[k] for k in score if k.startswith("n_")) == 6
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda D, enc, x, scale, **kw: torch.zeros_like(x))
+    blank = bench_here(monkeypatch, capsys, "decoder_score.py", *args)
+    assert blank["color"] == blank["scene"] == 0 and blank["colour_lost_as"] == {"fewer objects": 6}
+
+
+def test_decoder_generated_features_script(tmp_path, run_folder, monkeypatch, capsys):
+    "benchmarks/decoder_generated_features.py (04_decoder): models that write the encoder's own pyramid have no error, keep all detail, decode as it does."
+    from puma_nb import instruct
+    from puma_nb.decoder import save_puma_decoder
+    from puma_nb.pyramid import pyramid
+    run = tmp_path / "run"
+    (run / "clip").mkdir(parents=True); (run / "clip" / "model").symlink_to(run_folder / "clip" / "model")
     for i, n in enumerate(SCALES):  # untrained D_0 … D_4, and the pretraining checkpoint as each image-task instruct model
         save_puma_decoder(build_decoder(i), tmp_path / "five" / f"unet_{n}")
     for task in ("t2i", "edit", "conditional"):
-        (run / "instruct" / task).mkdir(parents=True); (run / "instruct" / task / "model").symlink_to(run / "pretrain" / "model")
-    gen = bench("decoder_generated_features.py", "--run", run, "--decoders", tmp_path / "five", "--scales", 0, 2, "--n", 3, "--steps", 2)
+        (run / "instruct" / task).mkdir(parents=True); (run / "instruct" / task / "model").symlink_to(run_folder / "pretrain" / "model")
+    monkeypatch.setattr(instruct, "generate_pyramids", lambda m, tok, enc, items, scale=0: pyramid(enc(torch.stack([it["image"] for it in items]))))
+    gen = bench_here(monkeypatch, capsys, "decoder_generated_features.py", "--run", run, "--decoders", tmp_path / "five", "--scales", 0, 2,
+                     "--n", 3, "--steps", 2)
     assert set(gen["features"]) == {"t2i", "edit", "conditional"} and set(gen["features"]["edit"]) == {f"f{i}" for i in range(5)}
-    assert all(r["relative_error"] >= 0 for t in gen["features"].values() for r in t.values()) and "detail_kept" not in gen["features"]["t2i"]["f4"]
+    assert all(r["relative_error"] == 0 for t in gen["features"].values() for r in t.values())
+    assert all(r["detail_kept"] == 1.0 for t in gen["features"].values() for i, r in t.items() if i != "f4") and "detail_kept" not in gen["features"]["t2i"]["f4"]
     res = gen["decoded"][str(tmp_path / "five")]
-    assert len(res["t2i f0 inputs"]) == 5 and set(res["generated"]) == {"f0", "f2"}
-    assert set(res["generated"]["f2"]["conditional"]) == set(tw.CONDITION_KINDS) and 0 <= res["generated"]["f0"]["t2i"]["scene"] <= 100
+    assert set(res["generated"]) == {"f0", "f2"} and set(res["generated"]["f2"]["conditional"]) == set(tw.CONDITION_KINDS)
+    probes = res["t2i f0 inputs"]  # the generated f̂_0 is the encoder's f_0, so it decodes to the same pictures (same seed)
+    assert len(probes) == 5 and probes["generated f̂0"] == probes["encoder f0"] == res["generated"]["f0"]["t2i"] and probes["↑f̂1"] == probes["its parent ↑f1"]
 
 
 def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
-    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`); then t2i_forced_shape.py and edit_guidance.py on the t2i model."
+    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`)."
     import json, os
     from puma_nb.decoder import save_puma_decoder
     run, out = tmp_path / "run", tmp_path / "trial"
@@ -268,14 +372,15 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     pre = json.loads((out / "pretrain" / "config.json").read_text())
     assert (pre["loss"]["self_feed"], pre["loss"]["self_feed_passes"], pre["train"]["steps"]) == (0.5, 2, 2)  # the pretraining's own
+    assert (pre["model"]["parent_skip"], pre["model"]["image_pos"]) == (True, True)
     inst = json.loads((out / "t2i" / "config.json").read_text())
     assert (inst["loss"]["self_feed"], inst["loss"]["self_feed_passes"], inst["train"]["steps"]) == (1.0, 2, 1)
+    assert inst["init"] == str(out / "pretrain" / "model")
     rows = read_metrics(out / "pretrain")  # logged every 20 steps, and at the last
     assert rows[-1]["step"] == 2 and all(np.isfinite(m["loss"]) for m in rows)
     scores = json.loads((out / "scores.json").read_text())
     assert (scores["pretrain_self_feed"], scores["pretrain_self_feed_passes"]) == (0.5, 2)
     assert set(scores["t2i"]) == {"f0", "max5"} and scores["t2i"]["max5"] == scores["t2i"]["f0"]  # one scale: its max is itself
-    assert all(0 <= v <= 1 for v in scores["t2i"]["f0"].values())
     r = script("head_trial.py", "--run", run, "--out", tmp_path / "from_t2i", "--parent-skip", 1, "--image-pos", 1, "--tasks", "conditional",
                "--init", out / "t2i" / "model", "--steps", 1, "--decoders", 1, "--n", 3)  # a conditional model tuned from that t2i model
     assert r.returncode == 0, r.stderr[-2000:]
@@ -284,16 +389,3 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     assert (cond["init"], cond["task"], cond["train"]["steps"]) == (str(out / "t2i" / "model"), "conditional", 1)
     scores = json.loads((tmp_path / "from_t2i" / "scores.json").read_text())
     assert scores["init"] == str(out / "t2i" / "model") and set(scores["conditional"]["canny"]["per_scale"]) == {"f0"}
-    r = script("t2i_forced_shape.py", "--clip", run / "clip" / "model", "--decoder", run / "decoders" / "unet_256", "--model", out / "t2i" / "model",
-               "--n", 3, "--steps", 2)
-    assert r.returncode == 0, r.stderr[-2000:]
-    forced = json.loads(r.stdout.strip().splitlines()[-1])[str(out / "t2i" / "model")]  # f̂_0 written four ways, each decoded and parsed
-    assert list(forced) == ["teacher-forced", "1 passes", "2 passes", "free-running"]
-    assert all(0 <= row[k] <= 1 for row in forced.values() for k in ("color", "shape", "position", "scene")) and all(row["mse_f0"] > 0 for row in forced.values())
-    save_puma_decoder(build_decoder(1), run / "decoders" / "unet_64")  # edit_guidance.py decodes f0 and f1
-    for mode in ("instr", "source"):  # 06_mllm's guidance trial, with the t2i model standing in for an edit model
-        r = script("edit_guidance.py", "--run", run, "--model", out / "t2i" / "model", "--mode", mode, "--w", "1,2", "--n", 3, "--steps", 2)
-        assert r.returncode == 0, r.stderr[-2000:]
-        rows = [json.loads(l.split(" # ")[0]) for l in r.stdout.strip().splitlines()]
-        assert [(row["mode"], row["w"]) for row in rows] == [(mode, 1.0), (mode, 2.0)]
-        assert all(0 <= row[f][k] <= 1 for row in rows for f in ("f0", "f1") for k in ("edit_success", "color", "shape"))
