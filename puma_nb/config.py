@@ -11,7 +11,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['ConfigError', 'from_dict', 'to_dict', 'parse_override', 'apply_overrides', 'read_yaml', 'load_config']
+__all__ = ['REPORT', 'ConfigError', 'from_dict', 'to_dict', 'parse_override', 'apply_overrides', 'read_yaml', 'load_config',
+           'reported']
 
 # %% ../nbs/01_config.ipynb #34947207
 class ConfigError(ValueError):
@@ -143,3 +144,21 @@ def load_config(cls:type, # the run's dataclass
     "Load `cls` from a YAML file with command-line overrides, checked and validated."
     d = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(d, list(overrides)))
+
+# %% ../nbs/01_config.ipynb #rep0002
+# the repository's reports/toy/report.json, from the library (an editable install) or from a notebook in nbs/
+REPORT = (Path(__file__).resolve().parents[1] if "__file__" in globals() else Path("..").resolve()) / "reports" / "toy" / "report.json"
+
+def reported(key:str, # a dotted path into the report, e.g. `table2.f3.color`
+             fmt:str="{}", # how to show it, e.g. `"{:.0%}"` or `"{:.2f} dB"`
+             report=None, # a report.json path or a loaded report; default: `reports/toy/report.json`
+            ) -> str:
+    "A number of the main job's committed report, formatted: the course's one way to cite a result."
+    import json
+    r = report if isinstance(report, dict) else json.loads(Path(report or REPORT).read_text())
+    v = r
+    for part in key.split("."):
+        if not isinstance(v, dict) or part not in v:
+            raise KeyError(f"{key!r}: no {part!r} in the report (its keys here: {sorted(v)[:12] if isinstance(v, dict) else type(v).__name__})")
+        v = v[part]
+    return fmt.format(v)
