@@ -4,10 +4,11 @@
 
 # %% ../nbs/99_cli.ipynb #6f6b4253
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, os, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,10 +17,11 @@ from tqdm.auto import tqdm
 from . import toyworld as tw
 from .config import to_dict
 from .pyramid import ClipRunConfig, load_clip, probe_scales, tiny_encoder, train_clip
-from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, DiffusionConfig
+from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, DiffusionConfig, steps_per_scale
 from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders, lpips_metric, table1,
                                     table1_markdown, train_decoders)
-from .training import ParamGroup, TrainConfig
+from .training import (ParamGroup, Stopped, TrainConfig, cpu_bf16, latest_checkpoint, resolve_precision, stop_on_signals,
+                              stop_point)
 from .mllm import SCALE_ORDER, MLLMConfig, load_mllm
 from .pretrain import PROJECTORS, LossConfig, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
 from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
@@ -27,10 +29,11 @@ from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, Instruct
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
-__all__ = ['STAGES', 'PRESETS', 'TABLE1_SAMPLING', 'EDIT_CHANGE_WEIGHT', 'PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3',
-           'JobClock', 'Preset', 'Interrupted', 'build_data', 'dataset_card', 'build_encoder', 'decoder_recipe',
-           'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms', 'figure6',
-           'picture_grid', 'human_report', 'stage_table', 'mllm_report', 'run_main_job', 'main']
+__all__ = ['STAGES', 'PRESETS', 'DATA_FILES', 'TABLE1_SAMPLING', 'EDIT_CHANGE_WEIGHT', 'PAPER_TABLE6', 'PAPER_TABLE5',
+           'PAPER_TABLE3', 'JobClock', 'Preset', 'built_data', 'build_data', 'dataset_card', 'build_encoder',
+           'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms',
+           'figure6', 'picture_grid', 'human_report', 'stage_table', 'mllm_report', 'stage_progress', 'machine',
+           'job_precision', 'precision_words', 'run_main_job', 'main']
 
 # %% ../nbs/99_cli.ipynb #5f502cfd
 STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
@@ -43,33 +46,47 @@ class JobClock:
                  clock=time.monotonic, # seconds now (a test passes a fake one)
                  out=print, # where the stage lines go
                  skipped:float=0.05, # a stage faster than this fraction of its reference was found finished: not in the ratio
+                 progress:Callable[[str], float]|None=None, # the fraction of a stage done before it starts (a resumed job's
+                                                            # checkpoints, `stage_progress`); None: nothing
                 ):
         unknown = set(expected) - set(STAGES)
         if unknown: raise ValueError(f"expected seconds for unknown stages {sorted(unknown)}; the stages are {STAGES}")
         if any(not v > 0 for v in expected.values()): raise ValueError(f"expected seconds must be positive: {expected}")
         self.expected, self.clock, self.out, self.skipped = dict(expected), clock, out, skipped
-        self.seconds, self.t0 = {}, clock()
+        self.progress = progress or (lambda stage: 0.0)
+        self.seconds, self.done, self.current, self.t0 = {}, {}, None, clock()
+
+    def _todo(self, s:str) -> float:
+        "The reference seconds of what stage `s` had left to do when it started."
+        return self.expected[s] * (1 - self.done.get(s, 0.0))
 
     def speed(self) -> float:
         "Seconds here per reference second, over the finished stages that did their work (1 before any)."
-        ran = [(t, self.expected[s]) for s, t in self.seconds.items() if s in self.expected and t >= self.skipped * self.expected[s]]
+        ran = [(t, self._todo(s)) for s, t in self.seconds.items() if s in self.expected and self._todo(s) > 0
+               and t >= self.skipped * self._todo(s)]
         return sum(t for t, _ in ran) / sum(e for _, e in ran) if ran else 1.0
 
-    def left(self, stage:str) -> float|None:
-        "Expected seconds of `stage` and every stage after it, on this machine; None when a reference is missing."
+    def left(self, stage:str, done:float=0.0) -> float|None:
+        "Expected seconds of what is left of `stage` (`done`: the fraction of it done before) and every stage after it, on this machine; None when a reference is missing."
         rest = STAGES[STAGES.index(stage):]
         if any(s not in self.expected for s in rest): return None
-        return self.speed() * sum(self.expected[s] for s in rest)
+        return self.speed() * (self.expected[stage] * (1 - done) + sum(self.expected[s] for s in rest[1:]))
 
     @contextmanager
     def stage(self, name:str): # one of `STAGES`
-        "Time the `with` block as stage `name`, after printing where the job stands."
+        "Time the `with` block as stage `name`, after printing where the job stands; a `Stopped` leaving it names the stage."
         if name not in STAGES: raise ValueError(f"unknown stage {name!r}; the stages are {STAGES}")
-        left = self.left(name)
+        stop_point()  # a signal held back while the stage before ended: stop here
+        self.done[name] = done = min(max(float(self.progress(name)), 0.0), 1.0)
+        left = self.left(name, done)
         self.out(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name} · {_hms(self.clock() - self.t0)} so far · "
-                 + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset"))
-        t = self.clock()
+                 + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset")
+                 + (f" · {done:.0%} of it done before" if 0 < done < 1 else ""))
+        t, self.current = self.clock(), name
         try: yield
+        except Stopped as e:
+            e.stage = e.stage or name
+            raise
         finally: self.seconds[name] = round(self.clock() - t, 1)
 
 # %% ../nbs/99_cli.ipynb #63a50b77
@@ -123,22 +140,37 @@ PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_step
                          # and decoders: D_1 … D_4 2042 s in runs/toy32 (2026-12-06, the Intel kind), plus D_0's share of runs/toy28's stage, about 370 s
                          expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
-class Interrupted(Exception):
-    "A stage stopped before its last step (SIGTERM): the main job stops with it, and the same command resumes it."
-
 def _done(res) -> None:
-    "Go on only after a stage that finished (`None`: it had finished before)."
-    if res is not None and res.status != "done":
-        raise Interrupted(f"{res.out_dir}: {res.status} at step {res.step}; rerun the same command to resume")
+    "Go on only after a training run that finished (`None`: it had finished before); else stop the job where the run saved its step."
+    if res is not None and (res.status != "done" or res.signal):  # a signal after its last step: the run is done, the job stops
+        raise Stopped(res.signal, step=res.step, out_dir=res.out_dir)
+    stop_point()
 
 def _task_row(ds:tw.ShapesWorld, i:int) -> dict:
     "A test example as JSON: tensors dropped (they are re-rendered from the scenes), words and scenes kept."
     x = ds[i]
     return {"task": ds.task, **{k: v for k, v in x.items() if not hasattr(v, "shape")}}
 
+DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "test_tasks.jsonl")
+
+def _data_key(p:Preset) -> dict:
+    "What the data stage's output depends on."
+    return {"n_train": p.n_train, "n_val": p.n_val, "n_test": p.n_test, "seed": p.seed, "tasks": list(tw.TASKS)}
+
+def built_data(p:Preset, out:Path) -> dict|None:
+    "The statistics of a complete earlier build of `p`'s data in `out/data` (its `done.json`, written last, matches the preset and every file's size), or None."
+    try: m = json.loads((out / "data" / "done.json").read_text())
+    except (OSError, ValueError): return None
+    ok = m.get("data") == _data_key(p) and all((out / "data" / f).is_file() and (out / "data" / f).stat().st_size == n
+                                               for f, n in m.get("files", {}).items())
+    return m["stats"] if ok and set(m.get("files", {})) == set(DATA_FILES) else None
+
 def build_data(p:Preset, out:Path) -> dict:
-    "Write the split manifests and the test-task manifest; check the parser on every picture; return statistics."
+    "Write the split manifests and the test-task manifest; check the parser on every picture; return statistics. A complete earlier build is kept (`built_data`)."
+    kept = built_data(p, out)
+    if kept is not None: return kept
     (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "data" / "done.json").unlink(missing_ok=True)
     stats = {"splits": {}, "tasks": {}}
     for split, n in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
         ds = tw.ShapesWorld(split, n, "caption", p.seed)
@@ -160,6 +192,10 @@ def build_data(p:Preset, out:Path) -> dict:
                 kinds[row.get("kind", task)] = kinds.get(row.get("kind", task), 0) + 1
                 f.write(json.dumps(row) + "\n")
             stats["tasks"][task] = kinds
+    files = {f: (out / "data" / f).stat().st_size for f in DATA_FILES}
+    tmp = out / "data" / "done.json.tmp"  # written last, then renamed: it vouches for every file above
+    tmp.write_text(json.dumps({"data": _data_key(p), "files": files, "stats": stats}))
+    os.replace(tmp, out / "data" / "done.json")
     return stats
 
 def dataset_card(p:Preset, stats:dict) -> str:
@@ -412,8 +448,10 @@ def picture_grid(rows:list[list[torch.Tensor]], row_names:list[str], col_names:l
 def human_report(report:dict) -> str:
     "`REPORT.md`: each of our tables beside the paper's numbers, with the figures."
     t1 = report["table1"]
+    here = f" ({report['machine']})" if "machine" in report else ""  # reports before it lack it, and the precision
+    prec = f", {precision_words(report['precision'])}" if "precision" in report else ""
     lines = [f"# PUMA on ShapesWorld — preset `{report['preset']}`", "",
-             f"{report['seconds']:.0f} s on this machine. Stand-ins for the paper's backbones:", ""]
+             f"{report['seconds']:.0f} s on this machine{here}{prec}. Stand-ins for the paper's backbones:", ""]
     lines += [f"- **{k}**: {v}" for k, v in report["stand_ins"].items()]
     lines += stage_table(report.get("stage_seconds", {}), report["config"].get("expected_seconds", {}))
     lines += ["", "## Pyramid features (§3.1)", "",
@@ -529,22 +567,89 @@ def mllm_report(report:dict) -> list[str]:
     lines += ["", "![Conditions, generations, targets](figure_conditional.png)", ""]
     return lines
 
+def _ckpt_step(folder:Path) -> int:
+    "The step of the newest checkpoint in a run folder (0: none)."
+    ck = latest_checkpoint(folder)
+    return json.loads((ck / "state.json").read_text())["step"] if ck is not None else 0
+
+def stage_progress(p:Preset, out:Path) -> Callable[[str], float]:
+    "For `JobClock`: the fraction of a stage that a resumed job finds done in `out` (a training stage: the steps its checkpoints hold; data and Table 1: all or nothing)."
+    ins = lambda name: out / "instruct" / name
+    def runs(stage) -> list[tuple[list[Path], int]]:  # (the run folders of one model, its steps)
+        if stage == "clip": return [([out / "clip"], p.clip_steps)]
+        if stage == "decoders":  # D_i's steps before its reader loss (`plain/`), then with it
+            steps = steps_per_scale(p.decoder_steps) if isinstance(p.decoder_steps, int) else p.decoder_steps
+            return [([out / "decoders" / f"f{i}" / "plain", out / "decoders" / f"f{i}"], n) for i, n in enumerate(steps)]
+        if stage == "pretrain": return [([out / "pretrain"], p.pretrain_steps)]
+        if stage in ("t2i", "edit", "conditional"): return [([ins(stage)], p.instruct_steps[stage])]
+        if stage == "understanding":
+            return ([([ins("understanding_first")], p.understanding_first[1])] if p.understanding_first else []) + [
+                ([ins("understanding")], p.instruct_steps["understanding"])]
+        if stage == "table5":
+            return [([ins(f"understanding_f{i}")], p.table5_steps) for i in (4, 3, 2, 1, 0)] + (
+                [([ins("understanding_all")], p.table5_steps)] if p.understanding_first else [])
+        return []
+    def progress(stage:str) -> float:
+        if stage == "data": return float(built_data(p, out) is not None)
+        if stage == "table1": return float((out / "table1.json").exists() and (out / "figure3.png").exists())
+        rs = runs(stage)
+        total = sum(n for _, n in rs)
+        return sum(min(n, sum(_ckpt_step(f) for f in folders)) for folders, n in rs) / total if total else 0.0
+    return progress
+
+def machine() -> str:
+    "This machine in a few words: the GPU, or the CPU's model name and the cores this process may use."
+    if torch.cuda.is_available(): return f"{torch.cuda.get_device_name()} GPU"
+    try: name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration): import platform; name = platform.processor() or "a CPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+def job_precision(p:Preset) -> dict:
+    "What each training stage of the main job trains in here (`resolve_precision` of its recipe), what `auto` gives, and the CPU's native bf16."
+    enc = "clip/model"
+    train = {"clip": ClipRunConfig().train, "decoders": decoder_recipe(enc).train, "pretrain": pretrain_recipe(enc).train,
+             **{t: instruct_recipe(t, "model", enc).train for t in INSTRUCT_TASKS}, "table5": instruct_recipe("understanding", "model", enc).train}
+    return {"auto": resolve_precision("auto"), "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_bf16": cpu_bf16(),
+            "stages": {s: resolve_precision(c) for s, c in train.items()}}
+
+def precision_words(prec:dict) -> str:
+    "`REPORT.md`'s words for `job_precision`."
+    by = {}
+    for s, v in prec["stages"].items(): by.setdefault(v, []).append(s)
+    what = next(iter(by)) if len(by) == 1 else "; ".join(f"{v} for {', '.join(ss)}" for v, ss in by.items())
+    if prec.get("device") == "cuda": why = "the GPU computes bf16 natively" if prec["auto"] == "bf16" else "the GPU has no native bf16"
+    else: why = f"this CPU has {prec['cpu_bf16']}" if prec["cpu_bf16"] else "this CPU has no native bf16"
+    return f"trained in {what} (`precision: auto` gives {prec['auto']} here: {why})"
+
 def run_main_job(preset:str="toy", # `toy` or `smoke`
                  out_dir:str|None=None, # the run folder; default `runs/<preset>`
                 ) -> dict:
-    "Run the main job and return its report."
+    "Run the main job and return its report; a `Stopped` leaving it (SIGINT, SIGTERM) names the stage and run it stopped in."
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
+    out = Path(out_dir or f"runs/{preset}")
+    clock = JobClock(PRESETS[preset].expected_seconds, progress=stage_progress(PRESETS[preset], out))
+    try: return _main_job(preset, out, clock)
+    except Stopped as e:
+        e.stage = e.stage or clock.current
+        if e.out_dir is not None:  # the run inside the stage, where it is not the stage's own folder: decoders (f2/plain)
+            rel = Path(os.path.relpath(e.out_dir, out))
+            sub = rel.relative_to(rel.parts[0]) if len(rel.parts) > 1 else rel
+            if e.stage and str(sub) not in (".", e.stage): e.stage += f" ({sub})"
+        raise
+
+def _main_job(preset:str, out:Path, clock:JobClock) -> dict:
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     p, t0 = PRESETS[preset], time.time()
-    out = Path(out_dir or f"runs/{preset}")
     out.mkdir(parents=True, exist_ok=True)
     print(f"puma-nb {preset}: writing {out}/")
-    clock = JobClock(p.expected_seconds)
     with clock.stage("data"):
+        kept = built_data(p, out) is not None
         stats = build_data(p, out)
         (out / "DATASET_CARD.md").write_text(dataset_card(p, stats))
-        fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
+        if not (kept and (out / "gallery.png").exists()):
+            fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
     with clock.stage("clip"): pyr = build_encoder(p, out)
     lpips = lpips_metric()
     rec = build_decoders(p, out, lpips, clock)
@@ -552,6 +657,7 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
     with clock.stage("evaluation"): ev = evaluate_mllms(p, out, lpips[0])
     (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index") + ev.pop("index"), indent=0))
     report = {"preset": preset, "seconds": round(time.time() - t0, 1), "stage_seconds": clock.seconds, "config": to_dict(p), "dataset": stats,
+              "machine": machine(), "precision": job_precision(p),
               "pyramid": pyr, "table1": rec.pop("table1"), "table1_info": rec, "mllm_info": mllm_info, **ev,
               "stand_ins": {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) "
                                        "in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
@@ -566,7 +672,7 @@ def run_main_job(preset:str="toy", # `toy` or `smoke`
     return report
 
 def main(argv:list[str]|None=None) -> int:
-    "`puma-nb {toy,smoke} [--out DIR]`, or `puma-nb train --config FILE [overrides]`."
+    "`puma-nb {toy,smoke} [--out DIR]`, or `puma-nb train --config FILE [overrides]`; stopped by SIGINT or SIGTERM, it says where in one line and returns 130 or 143."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         from puma_nb.train import main as train_main
@@ -575,9 +681,13 @@ def main(argv:list[str]|None=None) -> int:
     ap.add_argument("preset", choices=list(PRESETS), help="smoke: seconds, for CI; toy: the main job")
     ap.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     args = ap.parse_args(argv)
-    try: run_main_job(args.preset, args.out)
-    except Interrupted as e: print(f"puma-nb {args.preset}: interrupted — {e}")
-    return 0
+    with stop_on_signals():
+        try:
+            run_main_job(args.preset, args.out)
+            return 0
+        except Stopped as e:
+            print(e, flush=True)
+            return e.code
 
 # %% ../nbs/99_cli.ipynb #cb1fab98
 if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m`, not a notebook kernel

@@ -4,12 +4,12 @@
 
 # %% ../nbs/98_train.ipynb #92c1deeb
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
 
 import torch.distributed as dist
 
 from .config import ConfigError, apply_overrides, from_dict, read_yaml
-from .training import ProbeRunConfig, train_probe
+from .training import ProbeRunConfig, Stopped, stop_on_signals, stop_point, train_probe
 from .pyramid import ClipRunConfig, train_clip
 from .decoder import DecoderRunConfig, train_decoder
 from .pretrain import PretrainRunConfig, train_pretrain
@@ -40,7 +40,7 @@ def resolve(path, # the YAML config file
     return from_dict(cls, d), run
 
 def main(argv:list[str]|None=None) -> int:
-    "The command line: `--config FILE [key.sub=value ...]`."
+    "The command line: `--config FILE [key.sub=value ...]`; stopped by SIGINT or SIGTERM, it saves the step reached, says so in one line and returns 130 or 143."
     ap = argparse.ArgumentParser(prog="python -m puma_nb.train", description="Train one PUMA stage (single process or torchrun).")
     ap.add_argument("--config", required=True, help="a YAML file under configs/")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.steps=100")
@@ -49,16 +49,24 @@ def main(argv:list[str]|None=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    try:
-        res = run(cfg)
-        if dist.is_initialized(): dist.barrier()  # rank 0 may still be writing the model: every rank leaves together
-        if (not dist.is_initialized()) or dist.get_rank() == 0:
-            msg = {"done": "finished", "stopped": "stopped (stop_after); rerun to continue",
-                   "preempted": "preempted (SIGTERM); checkpoint saved, rerun the same command to resume"}[res.status]
-            print(f"{cfg.stage}: {msg} at step {res.step}; run folder {res.out_dir}")
-        return 0
-    finally:
-        if dist.is_initialized(): dist.destroy_process_group()
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with stop_on_signals():
+        try:
+            res = run(cfg)
+            if dist.is_initialized(): dist.barrier()  # rank 0 may still be writing the model: every rank leaves together
+            if res.signal: raise Stopped(res.signal, cfg.stage, res.step)
+            try: stop_point()  # a signal while the stage wrote its model
+            except Stopped as e: e.step = res.step; raise
+            if rank0:
+                msg = {"done": "finished", "stopped": "stopped (stop_after); rerun to continue"}[res.status]
+                print(f"{cfg.stage}: {msg} at step {res.step}; run folder {res.out_dir}")
+            return 0
+        except Stopped as e:
+            e.stage = e.stage or cfg.stage
+            if rank0: print(e, flush=True)
+            return e.code
+        finally:
+            if dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/98_train.ipynb #29de4f7e
 if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m`, not a notebook kernel

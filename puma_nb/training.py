@@ -20,12 +20,14 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from .config import ConfigError, to_dict
 
 # %% auto #0
-__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
-           'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed',
-           'StepBatches', 'compile_block', 'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint',
-           'save_checkpoint', 'load_checkpoint', 'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics',
-           'save_loss_plot', 'FitResult', 'trained_model', 'exports', 'fit', 'ProbeModelConfig', 'ProbeDataConfig',
-           'ProbeRunConfig', 'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read', 'probe_accuracy', 'train_probe']
+__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'STOP_SIGNALS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups',
+           'build_optimizer', 'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state',
+           'set_rng_state', 'cpu_bf16', 'resolve_precision', 'micro_seed', 'StepBatches', 'compile_block',
+           'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult',
+           'Stopped', 'stop_on_signals', 'stop_point', 'trained_model', 'exports', 'fit', 'ProbeModelConfig',
+           'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read',
+           'probe_accuracy', 'train_probe']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -53,12 +55,12 @@ class TrainConfig:
     warmup_steps: int = 0            # linear warm-up from 0
     min_lr_ratio: float = 0.0        # cosine only: the floor, as a fraction of the peak
     grad_clip: float = 1.0           # max global gradient norm; 0 = no clipping
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where it is native (a GPU, a CPU with AVX512-BF16 or AMX), else fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = 10              # steps between metric rows
     eval_every: int = 0              # steps between calls of the stage's eval function; 0 = at the end only
-    ckpt_every: int = 0              # steps between checkpoints; 0 = at the end (and on SIGTERM) only
+    ckpt_every: int = 0              # steps between checkpoints; 0 = at the end (and on SIGINT or SIGTERM) only
     keep_ckpts: int = 2              # checkpoints kept on disk
     stop_after: int = 0              # end this invocation after this many steps, with a checkpoint; 0 = run to the end
     resume: bool = True              # continue from the latest checkpoint in out_dir; False refuses to touch one
@@ -161,9 +163,23 @@ def set_rng_state(s:dict):
     random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
-def _bf16(cfg, device:torch.device) -> bool:
-    "Whether `cfg.precision` means bf16 on `device`."
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+def cpu_bf16() -> str|None:
+    "This CPU's native bf16 instructions as torch finds them, `amx_bf16` or `avx512_bf16`; None where bf16 would be emulated."
+    try: cap = torch._C._cpu._get_cpu_capability()  # cpuinfo's flags, as torch's own kernels choose by them
+    except (AttributeError, RuntimeError): return None
+    return next((k for k in ("amx_bf16", "avx512_bf16") if cap.get(k)), None)
+
+def resolve_precision(precision, # `auto`, `fp32` or `bf16`, or a config with a `precision` field
+                      device=None, # a `torch.device` or its name; None or `auto`: the GPU if there is one, else the CPU
+                     ) -> Literal["bf16", "fp32"]:
+    "What `precision` trains in on `device`: `auto` is bf16 on a GPU that supports it natively and on a CPU with AVX512-BF16 or AMX, fp32 elsewhere."
+    p = getattr(precision, "precision", precision)
+    if p not in ("auto", "fp32", "bf16"): raise ConfigError(f"precision must be auto, fp32 or bf16, got {p!r}")
+    if p != "auto": return p
+    if device is None or str(device) == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind == "cuda": return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if kind == "cpu" and cpu_bf16() else "fp32"
 
 def micro_seed(seed:int, # the run's seed
                step:int, # the optimizer step (0-based)
@@ -251,7 +267,8 @@ def shard_model(model:nn.Module, # the model, on its device
         from torch.distributed._composable import checkpoint
         for b in blocks: checkpoint(b)
     if cfg.parallel == "fsdp" and d.world_size > 1:
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if _bf16(cfg, d.device) else MixedPrecisionPolicy()
+        bf16 = resolve_precision(cfg, d.device) == "bf16"
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
         for b in blocks: fully_shard(b, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
     return model
@@ -305,7 +322,8 @@ def _quiet():
 
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "ckpt_every", "keep_ckpts", "stop_after", "resume",
                   "num_workers", "progress", "out_dir", "device", "micro_batch_size",
-                  "parallel", "fsdp_blocks", "activation_checkpointing", "compile"}  # may change between invocations
+                  "parallel", "fsdp_blocks", "activation_checkpointing", "compile",
+                  "precision"}  # may change between invocations (`auto` resolves by the machine a run resumes on)
 
 def _write_atomic(path:Path, text:str):
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -435,10 +453,12 @@ def save_loss_plot(out_dir):
 class FitResult:
     "How a call of `fit` ended."
     step: int          # optimizer steps done, in the whole run
-    status: str        # `done`, `stopped` or `preempted`
+    status: str        # `done`, `stopped` (`stop_after`) or `preempted` (SIGINT or SIGTERM)
     out_dir: Path
     last: dict = field(default_factory=dict)  # the last metrics row
     state_dict: dict|None = None  # FSDP only: the full trained weights, gathered on rank 0 (CPU); see `trained_model`
+    precision: str = "fp32"  # what it trained in: `resolve_precision(cfg.precision, device)`
+    signal: int|None = None  # the signal that stopped it (agreed by every rank), also when it came after the last step
 
 def _to(batch, device):
     if isinstance(batch, torch.Tensor): return batch.to(device, non_blocking=True)
@@ -446,19 +466,86 @@ def _to(batch, device):
     if isinstance(batch, (list, tuple)): return type(batch)(_to(v, device) for v in batch)
     return batch
 
-def _autocast(cfg:TrainConfig, device:torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(cfg, device) else nullcontext()
+def _autocast(precision:str, device:torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+class Stopped(BaseException):
+    "A SIGINT or SIGTERM stopped the job: where, and its exit code (128 + the signal). A `BaseException`, as `KeyboardInterrupt`: no `except Exception` swallows it."
+    def __init__(self, signum:int|None=None, stage:str|None=None, step:int|None=None, out_dir=None):
+        super().__init__(signum, stage, step, out_dir)
+        self.signum, self.stage, self.step, self.out_dir = signum, stage, step, out_dir
+    @property
+    def code(self) -> int: return 128 + self.signum if self.signum else 1
+    def __str__(self):
+        return (f"stopped at {self.stage or 'the start'}" + ("" if self.step is None else f" step {self.step}")
+                + "; rerun the same command to resume")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+def _die(signum:int):
+    "End this process now by `signum`'s default action (a second Ctrl-C): no clean-up, no traceback."
+    signal.signal(signum, signal.SIG_DFL); os.kill(os.getpid(), signum)
+
+class _Job:
+    "The signals of a job run under `stop_on_signals`: the first one, and whether a training stage holds it back."
+    def __init__(self): self.signum, self.defer = None, False
+    def handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT: _die(signum)
+        if self.signum is None: self.signum = signum
+        if not self.defer: raise Stopped(self.signum)
+
+_JOB: _Job|None = None
+
+@contextmanager
+def stop_on_signals():
+    "Run a job inside it: SIGINT and SIGTERM raise `Stopped`, except during a training stage, whose loop saves its step first (`fit`); a second Ctrl-C ends the process at once."
+    global _JOB
+    if _JOB is not None or threading.current_thread() is not threading.main_thread():
+        yield _JOB; return
+    _JOB = _Job()
+    old = {s: signal.signal(s, _JOB.handle) for s in STOP_SIGNALS}
+    try: yield _JOB
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+        _JOB = None
+
+def stop_point():
+    "Where a job takes up a training stage's result: raise `Stopped` if a signal came during the stage; from here on a signal raises at once."
+    if _JOB is None: return
+    _JOB.defer = False
+    if _JOB.signum is not None: raise Stopped(_JOB.signum)
 
 class _Preemption:
-    "Turns SIGTERM into a flag the loop checks after each step (main thread only)."
-    def __init__(self): self.flag, self.old = False, None
+    "SIGINT and SIGTERM become a flag the loop checks after each step. Under a job (`stop_on_signals`) the job keeps the flag, held back until it calls `stop_point` (the stage exports its model meanwhile); alone (a notebook, a test) this handles both signals while `fit` runs (main thread only)."
+    def __init__(self): self.signum, self.old = None, {}
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, self._handle)
+        if _JOB is not None: _JOB.defer = True
+        elif threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
-    def _handle(self, signum, frame): self.flag = True
+    @property
+    def flag(self) -> int:
+        "The signal received (0: none)."
+        return (_JOB.signum if _JOB is not None else self.signum) or 0
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C does what it did before `fit` (a notebook: interrupt)
+            old = self.old.get(signal.SIGINT); self.__exit__()
+            if callable(old): return old(signum, frame)
+            if old == signal.SIG_DFL: _die(signum)
+            return
+        self.signum = self.signum or signum
+    def agreed(self, d:Dist) -> int:
+        "The flag, the same on every rank (the largest signal any rank received)."
+        flag = torch.tensor([float(self.flag)], device=d.device)
+        if d.world_size > 1: dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
     def __exit__(self, *exc):
-        if self.old is not None: signal.signal(signal.SIGTERM, self.old)
+        for s, h in self.old.items(): signal.signal(s, h)
+        self.old = {}
+
+def _worker_init(_):
+    "A DataLoader worker leaves Ctrl-C (sent to the whole terminal's process group) to the main process, which stops it."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 def _counting(collate_fn:Callable|None):
     "Wrap a collate function: take each item's `_skipped` count (bad samples a dataset passed over) out, return `(batch, skipped)`."
@@ -491,10 +578,15 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
         eval_fn:Callable|None=None, # `eval_fn(model) -> metrics`, every `eval_every` steps and at the end (on every rank)
         name:str="train", # shown on the progress bar
        ) -> FitResult:
-    "Train `model` on `dataset` with `cfg`, resuming from `cfg.out_dir` if a checkpoint is there."
+    "Train `model` on `dataset` with `cfg`, resuming from `cfg.out_dir` if a checkpoint is there; SIGINT or SIGTERM saves the step reached and returns."
+    with _Preemption() as pre:  # from here a signal is a flag: the step it stops at is saved, whenever it comes
+        return _fit(pre, model, loss_fn, dataset, cfg, collate_fn, run_config, eval_fn, name)
+
+def _fit(pre, model, loss_fn, dataset, cfg, collate_fn, run_config, eval_fn, name) -> FitResult:
     d = init_distributed(cfg.device)
     out = Path(cfg.out_dir)
     m, A = cfg.accumulation(d.world_size)
+    precision = resolve_precision(cfg, d.device)
     run_config = run_config if run_config is not None else {"train": to_dict(cfg)}
     place_model(model, cfg, d)
     fsdp = isinstance(model, FSDPModule)
@@ -519,16 +611,18 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
         _truncate_metrics(out / "metrics.jsonl", start)
     stop = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
     stream = isinstance(dataset, torch.utils.data.IterableDataset)
+    workers = dict(num_workers=cfg.num_workers, worker_init_fn=_worker_init if cfg.num_workers else None)
     if stream:  # the stream skips what this rank already consumed, knowing the layout it was consumed under
         # the micro-batches consumed per rank, counted in the layout (ranks, workers, micro-batch) they were read in
         dataset.set_position(rank=d.rank, world_size=d.world_size, micro_batch=m, batches=saved.get("stream_batches", start * A),
                              num_workers=cfg.num_workers, saved=saved.get("stream_layout") if start else None)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=m, collate_fn=_counting(collate_fn), num_workers=cfg.num_workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=m, collate_fn=_counting(collate_fn), **workers)
     else:
         sampler = StepBatches(len(dataset), cfg.batch_size, m, d.rank, d.world_size, start, stop, cfg.seed)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_counting(collate_fn),
-                                             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-    stream_state = lambda step: {"stream_layout": list(dataset.layout), "stream_batches": step * A} if stream else {}
+                                             generator=torch.Generator().manual_seed(cfg.seed), **workers)
+    state = lambda step: {"config": run_config, "last": last, "precision": precision,
+                          **({"stream_layout": list(dataset.layout), "stream_batches": step * A} if stream else {})}
     ddp = nn.parallel.DistributedDataParallel(model) if d.world_size > 1 and not fsdp else None
     net = ddp or model
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -537,60 +631,61 @@ def fit(model:nn.Module, # the model; its trainable parameters are optimised
     step, status, window, t0 = start, "done", [], time.time()
     skipped = int(last.get("skipped", 0))
     batches = iter(loader)
-    with _Preemption() as pre:
-        while step < stop:
-            sums, n_bad = {}, 0
-            for k in range(A):
-                batch, bad = next(batches)
-                n_bad += bad
-                batch = _to(batch, d.device)
-                seed_everything(micro_seed(cfg.seed, step, (d.rank * A + k) * m))
-                last_micro = k == A - 1
-                if fsdp: model.set_requires_gradient_sync(last_micro)
-                with (ddp.no_sync() if ddp is not None and not last_micro else nullcontext()):
-                    with _autocast(cfg, d.device): res = loss_fn(net, batch)
-                    loss, metrics = res if isinstance(res, tuple) else (res, {})
-                    (loss / A).backward()
-                for name_, v in {"loss": loss, **metrics}.items(): sums[name_] = sums.get(name_, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / A
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: a DTensor
-            lrs = [g["lr"] for g in opt.param_groups]
-            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-            step += 1
-            vec = torch.tensor([*sums.values(), float(n_bad), float(pre.flag)], dtype=torch.float64, device=d.device)
-            if d.world_size > 1:
-                flag = vec[-1:].clone(); dist.all_reduce(vec); dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                vec[:-2] /= d.world_size; vec[-1] = flag
-            window.append(dict(zip(sums, vec[:-2].tolist())))
-            skipped += int(vec[-2])
-            preempted = bool(vec[-1] > 0)
-            bar.update(1); bar.set_postfix(loss=f"{window[-1]['loss']:.4g}", refresh=False)
-            do_eval = eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
-            if step % cfg.log_every == 0 or step == stop or preempted or do_eval:
-                row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
-                       "lr": lrs[0], **({f"lr_{i}": lr for i, lr in enumerate(lrs)} if len(lrs) > 1 else {}),
-                       "grad_norm": float(norm), "samples_per_s": len(window) * cfg.batch_size / (time.time() - t0),
-                       **({"skipped": skipped} if stream or skipped else {})}
-                window, t0 = [], time.time()
-                if do_eval:
-                    model.eval()
-                    with torch.no_grad(): row.update(eval_fn(model))
-                    model.train()
-                last = row
-                if d.main:
-                    with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
-            if preempted: status = "preempted"; break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop:
-                save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last, **stream_state(step)}, d, cfg.keep_ckpts)
+    signum = pre.agreed(d)  # a signal during the set-up: no step at all
+    while step < stop and not signum:
+        sums, n_bad = {}, 0
+        for k in range(A):
+            batch, bad = next(batches)
+            n_bad += bad
+            batch = _to(batch, d.device)
+            seed_everything(micro_seed(cfg.seed, step, (d.rank * A + k) * m))
+            last_micro = k == A - 1
+            if fsdp: model.set_requires_gradient_sync(last_micro)
+            with (ddp.no_sync() if ddp is not None and not last_micro else nullcontext()):
+                with _autocast(precision, d.device): res = loss_fn(net, batch)
+                loss, metrics = res if isinstance(res, tuple) else (res, {})
+                (loss / A).backward()
+            for name_, v in {"loss": loss, **metrics}.items(): sums[name_] = sums.get(name_, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / A
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"): norm = norm.full_tensor()  # FSDP: a DTensor
+        lrs = [g["lr"] for g in opt.param_groups]
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        step += 1
+        vec = torch.tensor([*sums.values(), float(n_bad), float(pre.flag)], dtype=torch.float64, device=d.device)
+        if d.world_size > 1:  # every rank stops at the same step: the largest signal any rank received
+            flag = vec[-1:].clone(); dist.all_reduce(vec); dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            vec[:-2] /= d.world_size; vec[-1] = flag
+        window.append(dict(zip(sums, vec[:-2].tolist())))
+        skipped += int(vec[-2])
+        signum = int(vec[-1])
+        bar.update(1); bar.set_postfix(loss=f"{window[-1]['loss']:.4g}", refresh=False)
+        do_eval = eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
+        if step % cfg.log_every == 0 or step == stop or signum or do_eval:
+            row = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                   "lr": lrs[0], **({f"lr_{i}": lr for i, lr in enumerate(lrs)} if len(lrs) > 1 else {}),
+                   "grad_norm": float(norm), "samples_per_s": len(window) * cfg.batch_size / (time.time() - t0),
+                   **({"skipped": skipped} if stream or skipped else {})}
+            window, t0 = [], time.time()
+            if do_eval:
+                model.eval()
+                with torch.no_grad(): row.update(eval_fn(model))
+                model.train()
+            last = row
+            if d.main:
+                with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+        if signum: break
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop:
+            save_checkpoint(out, step, model, opt, sched, state(step), d, cfg.keep_ckpts)
     bar.close()
     del batches, loader  # shut the DataLoader's workers down now, not at a later garbage collection (5 s each)
-    if step < cfg.steps and status == "done": status = "stopped"
-    if step > start: save_checkpoint(out, step, model, opt, sched, {"config": run_config, "last": last, **stream_state(step)}, d, cfg.keep_ckpts)
+    if step < cfg.steps: status = "preempted" if signum else "stopped"
+    if step > start: save_checkpoint(out, step, model, opt, sched, state(step), d, cfg.keep_ckpts)
     # the gather is a collective: every rank enters it together, before rank 0 alone draws the plot
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if fsdp else None
     if d.main and read_metrics(out): save_loss_plot(out)
     if d.main and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
-    return FitResult(step, status, out, last, full)
+    signum = signum or pre.agreed(d)  # one that came after the last step: the run is done, the job still stops
+    return FitResult(step, status, out, last, full, precision, signum or None)
 
 # %% ../nbs/02_training.ipynb #425ee413
 from .toyworld import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Obj, Scene, ShapesWorld, collate

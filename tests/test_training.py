@@ -1,4 +1,4 @@
-"The shared training loop: exact resume (stop, SIGTERM, SIGKILL), torchrun == one process, accumulation, configs."
+"The shared training loop: exact resume (stop, SIGTERM, SIGKILL), torchrun == one process, accumulation, configs, precision."
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -16,9 +16,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUF
 
 
 def probe_cfg(out, steps=40, dropout=0.1, batch=16, micro=0, **train):
+    # fp32 unless a test asks: these tests compare runs to the bit or to 1e-5, and `auto` is bf16 on a CPU with native bf16
     return ProbeRunConfig(
         train=TrainConfig(**{**dict(steps=steps, batch_size=batch, micro_batch_size=micro, lr=3e-3, warmup_steps=5, log_every=1,
-                                    out_dir=str(out), progress=False), **train}),
+                                    out_dir=str(out), progress=False, precision="fp32"), **train}),
         model=ProbeModelConfig(width=8, dropout=dropout), data=ProbeDataConfig(n_train=400, n_val=20))
 
 
@@ -76,9 +77,9 @@ def test_sigterm_saves_and_resume_is_bitwise_identical(tmp_path):
     wait_for(lambda: len(read_metrics(tmp_path / "killed")) >= 10, p)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0 and "preempted" in out, out
+    assert p.returncode == 143 and "stopped at probe step" in out and "Traceback" not in out, out
     stopped_at = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())["step"]
-    assert 10 <= stopped_at < 150
+    assert 10 <= stopped_at < 150 and f"stopped at probe step {stopped_at};" in out
     p = launch(cfg, f"train.out_dir={tmp_path / 'killed'}"); out, _ = p.communicate(timeout=300)
     assert p.returncode == 0 and "finished at step 150" in out, out
     assert same_bits(weights(tmp_path / "straight"), weights(tmp_path / "killed"))
@@ -150,6 +151,44 @@ def test_resume_refuses_a_different_run(tmp_path):
 def test_bf16_autocast_on_cpu(tmp_path):
     r = train_probe(probe_cfg(tmp_path, steps=3, precision="bf16"))
     assert r.status == "done" and all(torch.isfinite(torch.tensor(l)) for _, l in losses(tmp_path))
+    assert r.precision == "bf16" and json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["precision"] == "bf16"
+
+
+CPU_KINDS = {  # torch's cpuinfo flags (`torch._C._cpu._get_cpu_capability()`) of four kinds of CPU, as far as bf16 goes
+    "an AVX2 laptop": {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False},
+    "AVX-512 without bf16 (Skylake-SP)": {"avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False},
+    "AVX512-BF16 (Zen 4/5, Cooper Lake)": {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": False, "amx_tile": False},
+    "AMX (Sapphire Rapids)": {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": True, "amx_tile": True},
+}
+
+
+@pytest.mark.parametrize("kind, want", [("an AVX2 laptop", "fp32"), ("AVX-512 without bf16 (Skylake-SP)", "fp32"),
+                                        ("AVX512-BF16 (Zen 4/5, Cooper Lake)", "bf16"), ("AMX (Sapphire Rapids)", "bf16")])
+def test_precision_auto_follows_the_cpu(monkeypatch, kind, want):
+    from puma_nb import training
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: dict(CPU_KINDS[kind]))
+    assert training.resolve_precision("auto", "cpu") == want
+    assert training.resolve_precision(TrainConfig(precision="auto"), torch.device("cpu")) == want  # a config, a device
+    assert training.cpu_bf16() == {"fp32": None, "bf16": "amx_bf16" if "AMX" in kind else "avx512_bf16"}[want]
+    for p in ("fp32", "bf16"): assert training.resolve_precision(p, "cpu") == p  # an explicit precision is kept, whatever the CPU
+    with training._autocast(training.resolve_precision("auto", "cpu"), torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") == (want == "bf16")
+
+
+def test_precision_auto_on_a_gpu_and_without_a_probe(monkeypatch):
+    from puma_nb import training
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: dict(CPU_KINDS["an AVX2 laptop"]))
+    for native, want in ((True, "bf16"), (False, "fp32")):  # a GPU's bf16 counts where it is native (Ampere on), not emulated (V100)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n or including_emulation)
+        assert training.resolve_precision("auto", "cuda") == want and training.resolve_precision("auto", torch.device("cuda", 0)) == want
+        assert training.resolve_precision("fp32", "cuda") == "fp32" and training.resolve_precision("bf16", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device auto: the GPU when there is one
+    assert training.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training.resolve_precision("auto", "auto") == "fp32"  # the CPU: an AVX2 laptop
+    monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")  # a torch without the probe: fp32, never an emulated bf16
+    assert training.cpu_bf16() is None and training.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"): training.resolve_precision("fp16", "cpu")
 
 
 def test_cli_config_errors_are_clear(tmp_path, capsys):
@@ -183,6 +222,7 @@ def test_sigterm_under_torchrun_saves_every_rank_and_resumes_bitwise(tmp_path):
     assert ckpt is not None, out
     state = json.loads((ckpt / "state.json").read_text())
     assert state["world_size"] == 2 and 10 <= state["step"] < 120, out
+    assert f"stopped at probe step {state['step']}; rerun the same command to resume" in out, out  # rank 0's line
     assert {f.name for f in ckpt.iterdir()} >= {"rng_rank0.pt", "rng_rank1.pt", "sharded", "scheduler.pt"}
     p = launch(cfg, f"train.out_dir={killed}", torchrun=2); out, _ = p.communicate(timeout=300)
     assert p.returncode == 0 and f"resuming from step {state['step']}" in out, out
