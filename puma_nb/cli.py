@@ -672,12 +672,15 @@ def _main_job(preset:str, out:Path, clock:JobClock) -> dict:
     return report
 
 def main(argv:list[str]|None=None) -> int:
-    "`puma-nb {toy,smoke} [--out DIR]`, or `puma-nb train --config FILE [overrides]`; stopped by SIGINT or SIGTERM, it says where in one line and returns 130 or 143."
+    "`puma-nb {toy,smoke} [--out DIR]`, `puma-nb train --config FILE [overrides]`, or `puma-nb reconstruct IMAGE ...`; stopped by SIGINT or SIGTERM, it says where in one line and returns 130 or 143."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         from puma_nb.train import main as train_main
         return train_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="puma-nb", description="PUMA on ShapesWorld: the main job (or `puma-nb train ...`).")
+    if argv[:1] == ["reconstruct"]:  # one real picture redrawn from f_i, as PUMA's infer_detokenizer.py (05_reconstruction)
+        from puma_nb.reconstruction import reconstruct_main
+        return reconstruct_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="puma-nb", description="PUMA on ShapesWorld: the main job (or `puma-nb train ...`, `puma-nb reconstruct ...`).")
     ap.add_argument("preset", choices=list(PRESETS), help="smoke: seconds, for CI; toy: the main job")
     ap.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     args = ap.parse_args(argv)

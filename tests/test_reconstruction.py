@@ -165,3 +165,19 @@ def test_reconstruct_file_decodes_f_i_of_pumas_preprocessing_against_a_black_nul
     assert pic.size == (32, 32) and seen["shape"] == (48, 8, 8) and (seen["steps"], seen["guidance"], seen["scheduler"]) == (50, 2.0, "ddpm")
     torch.testing.assert_close(seen["f"], pyramid(enc(puma_image(im)[None]))[3])
     torch.testing.assert_close(seen["f_null"], pyramid(enc(torch.zeros(1, 3, 224, 224)))[3])
+
+
+def test_puma_nb_reconstruct_console_script(tmp_path):
+    "`puma-nb reconstruct …` from the shell, on PUMA's folder layout with tiny random weights: a picture of the size asked."
+    import subprocess, sys
+    from pathlib import Path
+    from PIL import Image
+    from _helpers import ENV
+    clip, sdxl = _puma_release(tmp_path / "ckpts")
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "cat.png")
+    exe = Path(sys.executable).parent / "puma-nb"
+    r = subprocess.run([str(exe), "reconstruct", str(tmp_path / "cat.png"), "--scale", "2", "--clip", str(clip), "--decoder",
+                        str(sdxl / "unet_16"), "--mapping-dim", "64", "--mapping-dim1", "32", "--steps", "2", "--size", "40"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert Image.open(tmp_path / "cat_rec_16.png").size == (40, 40) and "cat_rec_16.png (40×40, f2" in r.stdout
