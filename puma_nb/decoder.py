@@ -27,7 +27,7 @@ from .pyramid import SCALES
 __all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'PUMA_MAPPING', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace',
            'VAESpace', 'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss',
            'make_scheduler', 'sample', 'save_puma_decoder', 'decoder_weight_files', 'load_puma_decoder',
-           'steps_per_scale', 'upsample_tokens', 'degrade', 'DiffusionConfig', 'DecoderDataConfig', 'DecoderRunConfig',
+           'steps_per_scale', 'upsample_tokens', 'DiffusionConfig', 'DecoderDataConfig', 'DecoderRunConfig',
            'decoder_loss_fn', 'init_from', 'latent_space', 'init_from_sdxl', 'plain_folder', 'train_decoder']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
@@ -326,21 +326,6 @@ def upsample_tokens(f:torch.Tensor, # `(B, n, C)`: a square grid of tokens, flat
     g = f.reshape(B, s, s, C).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
     return g.reshape(B, 4 * n, C)
 
-def degrade(fs:list[torch.Tensor], # a batch's pyramid `[f_0, …, f_4]` (`pyramid`)
-            scale:int, # i: the scale D_i reads
-            p:float, # the fraction of the batch degraded (`diffusion.cond_blur`)
-            s:float=0.0, # the largest noise variance, in units of f_i's mean per-channel variance (`diffusion.cond_noise`)
-            generator:torch.Generator|None=None) -> torch.Tensor:
-    "f_i with a fraction p of its rows replaced by f̃_i = ↑f_{i+1} + λ (f_i − ↑f_{i+1}) + σε, as the MLLM writes it: `(B, n_i, C)`."
-    f = fs[scale]
-    B, dev = len(f), f.device
-    u = lambda: torch.rand((B, 1, 1), device=dev, generator=generator)
-    on, lam, var = u() < p, u(), u() * s * f.float().var(dim=(0, 1)).mean()
-    parent = upsample_tokens(fs[scale + 1]) if scale + 1 < len(fs) else f
-    eps = torch.randn(f.shape, device=dev, generator=generator)
-    f_tilde = parent + lam * (f - parent) + var.sqrt() * eps
-    return torch.where(on, f_tilde.to(f.dtype), f)
-
 # %% ../nbs/04_decoder.ipynb #084ea552
 from .config import to_dict
 from .pyramid import load_encoder, pyramid
@@ -359,9 +344,6 @@ class DiffusionConfig:
     clip_sample: bool = False    # sampling: clamp the predicted clean latent to [-1, 1] (SDXL: False)
     reader_weight: float = 0.0   # tiny decoders: λ of the reader's own x0 loss (`decoder_loss`); 0 = A.1's loss alone
     reader_scales: tuple[int, ...] = (0,)  # the scales whose D_i use it: a coarse token cannot say what each cell holds
-    cond_blur: float = 0.0       # tiny decoders: the fraction of conditions degraded as the MLLM writes them (`degrade`); 0 = A.1's
-    cond_noise: float = 0.0      # with cond_blur: s, the largest noise variance of a degraded condition, × f_i's mean variance
-    cond_scales: tuple[int, ...] = (0, 1, 2, 3, 4)  # the scales whose D_i train on degraded conditions (with cond_blur > 0)
 
     def scheduler_config(self) -> dict:
         return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end,
@@ -401,10 +383,6 @@ class DecoderRunConfig:
         if self.diffusion.reader_weight < 0: raise ConfigError(f"diffusion.reader_weight must be ≥ 0, got {self.diffusion.reader_weight}")
         if self.reader_weight and not (self.model.spatial and self.model.spatial_skip):
             raise ConfigError("diffusion.reader_weight needs model.spatial_skip and a spatial_dim > 0 (the reader's guess it regresses)")
-        if not 0 <= self.diffusion.cond_blur <= 1: raise ConfigError(f"diffusion.cond_blur is a fraction of the batch, 0 to 1; got {self.diffusion.cond_blur}")
-        if self.diffusion.cond_noise < 0: raise ConfigError(f"diffusion.cond_noise must be ≥ 0, got {self.diffusion.cond_noise}")
-        if not set(self.diffusion.cond_scales) <= set(range(len(SCALES))):
-            raise ConfigError(f"diffusion.cond_scales must be scales 0 to 4, got {tuple(self.diffusion.cond_scales)}")
         if not set(self.diffusion.reader_scales) <= set(range(len(SCALES))):
             raise ConfigError(f"diffusion.reader_scales must be scales 0 to 4, got {tuple(self.diffusion.reader_scales)}")
         if self.reader_steps < 0 or (self.reader_weight and self.reader_steps >= self.train.steps):
@@ -422,8 +400,7 @@ def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:
         x_enc = batch.get("clip_image", x)  # real data: the encoder's own 224-px input, resized as the MLLM's (`PairItem`)
         with torch.no_grad():
             fs, z0 = pyramid(enc.to(x.device)(x_enc.to(x.device))), space.to(x.device).encode(x)
-            f = degrade(fs, scale, diff.cond_blur, diff.cond_noise) if diff.cond_blur and scale in diff.cond_scales else fs[scale]
-        return decoder_loss(model, z0, f, f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
+        return decoder_loss(model, z0, fs[scale], f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
     return loss_fn
 
 def init_from(dec:Decoder, src:Decoder,
