@@ -3,7 +3,7 @@ edits, split the target's tokens at each scale (f_4 … f_0) into *kept* (the so
 difference per channel below 0.1) and *changed*, and report the model's mean squared error on each, teacher-forced (the
 true earlier target tokens as inputs, as in training) and free-running (its own generated tokens, as at test time).
 Copying the source scores ~0 on the kept tokens, so a model that has learnt the copy should too. Reads models with
-`parent_skip` and `source_skip`. Cited in 06_mllm (the `image_stride` and `source_skip` tables) and 08_instruct.
+`parent_skip`. The records `image_stride`, `self_feed` and `source_skip` in `reports/ablations/` cite it.
 
     python benchmarks/edit_copy_error.py --encoder runs/toy/clip/model --model runs/toy/instruct/edit/model [--model …] [--n 40]
 
@@ -13,7 +13,7 @@ import argparse, json
 import torch
 
 from puma_nb.instruct import InstructData, generate_pyramids, instruct_segments
-from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features, source_features
+from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features
 from puma_nb.pyramid import load_encoder, pyramid
 
 ap = argparse.ArgumentParser()
@@ -45,8 +45,7 @@ for folder in args.model:
         fb, fp = (b["input_ids"] == m.feat_token_id).nonzero(as_tuple=True)
         keep = b["feature_target"]
         parents = parent_features(b["features"], b["feature_index"])[keep]  # read by a parent_skip head (06_mllm)
-        sources = source_features(b["features"], b["feature_index"], fb, fp, m.parent_skip)[keep]  # read by a source_skip head
-        forced = m.predict(h[fb[keep], fp[keep] - 1], parents, sources).view(len(items), 341, -1)  # the hidden state before a token predicts it
+        forced = m.predict(h[fb[keep], fp[keep] - 1], parents).view(len(items), 341, -1)  # the hidden state before a token predicts it
         free = flatten_pyramid(generate_pyramids(m, tok, enc, items, 0))
     print(json.dumps({"model": folder, "image_stride": cfg.image_stride, "teacher_forced": split_error(forced),
                       "free_running": split_error(free)}))

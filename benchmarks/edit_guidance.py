@@ -1,11 +1,11 @@
-"""Guidance for the edit model's features, at generation, with no retraining (06_mllm, *Weighing what an edit changes*).
+"""Guidance for the edit model's features, at generation, with no retraining (`reports/ablations/edit_guidance`).
 Each generated token is pushed away from a reference: f̂ = f̂_u + w (f̂_c − f̂_u), where f̂_c is the edit model's
 prediction for the real prompt (source picture, instruction) and f̂_u either its prediction for the source picture with an
 empty instruction (`--mode instr`, as InstructPix2Pix's text guidance, but with a branch the model never trained on) or the
 source picture's own token at that place (`--mode source`). Both branches read the same guided tokens back. w = 1 is the
 model's own generation. Scored as Table 3 (whole scene right, by the parser) at f0 and f1, DDIM 20, guidance 1 in the decoders.
 
-    python benchmarks/edit_guidance.py --run runs/base --model runs/base/instruct/edit/model --mode instr --w 1,1.5,2,3 --n 200
+    python benchmarks/edit_guidance.py --run runs/toy --model runs/toy/instruct/edit/model --mode instr --w 1,1.5,2,3 --n 200
 
 Prints one JSON line per w."""
 import argparse, json, time
@@ -20,7 +20,7 @@ from puma_nb.reconstruction import decode_features
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", required=True, help="a main-job run folder: its clip/model and decoders unet_256, unet_64 are used")
-ap.add_argument("--model", required=True, help="an edit model folder (without source_skip)")
+ap.add_argument("--model", required=True, help="an edit model folder")
 ap.add_argument("--mode", choices=("instr", "source"), required=True, help="the reference f̂_u: empty instruction, or the source's token")
 ap.add_argument("--w", default="1,1.5,2", help="guidance weights, comma-separated")
 ap.add_argument("--n", type=int, default=200, help="held-out edits")
@@ -30,7 +30,6 @@ p = PRESETS["toy"]
 enc = load_encoder(f"{args.run}/clip/model")
 Ds = [load_puma_decoder(f"{args.run}/decoders/unet_{SCALES[i]}").eval() for i in (0, 1)]
 m, tok, _ = load_mllm(args.model); m.eval()
-if m.source_skip: raise SystemExit("this script guides models without source_skip")
 items = [InstructData("edit", args.n, "test", p.seed)[k] for k in range(args.n)]
 
 @torch.no_grad()
@@ -45,7 +44,7 @@ def guided(prompts_c:list[dict], prompts_u:list[dict], w:float, src:torch.Tensor
             h, cache = m(torch.full((2 * B, 1), m.feat_token_id), out[-1].repeat(2, 1), mask, pos[:, -1:] + k, cache=cache,
                          use_cache=True, feature_index=torch.full((2 * B,), k - 1))
         else: h, cache = m(ids, feats.view(-1, C), mask, pos, use_cache=True, feature_index=index.view(-1))
-        f = m.predict(h[:, -1], out[int(PARENT[k])].repeat(2, 1) if k else torch.zeros(2 * B, C), torch.zeros(2 * B, C))
+        f = m.predict(h[:, -1], out[int(PARENT[k])].repeat(2, 1) if k else torch.zeros(2 * B, C))
         f_c, f_u = f[:B], (f[B:] if args.mode == "instr" else src[:, k])
         out.append(f_u + w * (f_c - f_u))
     return torch.stack(out, 1)

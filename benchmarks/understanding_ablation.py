@@ -1,6 +1,6 @@
 """Understanding recipes from a main-job run's pretrained MLLM: questions per picture (`data.questions`), steps, input
-scales, learning rate and batch size, each scored on the same held-out ShapesWorld questions. The table in 08_instruct
-("Several questions about one picture") comes from this script.
+scales, learning rate and batch size, each scored on the same held-out ShapesWorld questions. reports/ablations/questions
+comes from this script.
 
     python benchmarks/understanding_ablation.py --run runs/toy --questions 8 --steps 1500 --scales 1 --out runs/ablation/q8_f1
     python benchmarks/understanding_ablation.py --run runs/toy --questions 1 --steps 2625 --scales 1 --out runs/ablation/q1_f1_long

@@ -1,6 +1,6 @@
 """Where an understanding model's "is there a <colour> <shape>?" answers fail: the held-out questions of that kind split
 into those whose answer is *yes*, *no* because no object has that colour, and *no* because the object of that colour has
-another shape; prints JSON with [right, of] for each. The table in 08_instruct ("Reading f2 first") comes from this script.
+another shape; prints JSON with [right, of] for each. reports/ablations/understanding_f2_first comes from this script.
 
     python benchmarks/understanding_exists.py --run runs/pre22 --model runs/abl/f2_then_all300/model
     python benchmarks/understanding_exists.py --run runs/pre22 --model runs/abl/f2_1500/model --scales 2

@@ -157,7 +157,6 @@ class InstructRunConfig:
     task: Literal["t2i", "edit", "conditional", "understanding"] = "t2i"
     init: str = "runs/pretrain/model"  # the pretraining checkpoint (a `save_mllm` folder)
     image_stride: int|None = None      # `MLLMConfig.image_stride` from here on (None: the checkpoint's): pretraining's pictures come one per sequence
-    source_skip: bool|None = None      # `MLLMConfig.source_skip` from here on (None: the checkpoint's): pretraining has no picture made from another
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PAPER_INSTRUCT["t2i"], schedule="cosine", grad_clip=5.0,
                                                                    out_dir="runs/instruct/t2i"))
     loss: LossConfig = field(default_factory=LossConfig)
@@ -206,7 +205,6 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     seed_everything(cfg.train.seed)
     model, tok, mcfg = load_mllm(cfg.init, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     if cfg.image_stride is not None: mcfg.image_stride = model.image_stride = cfg.image_stride  # saved with the model below
-    if cfg.source_skip is not None: mcfg.source_skip = model.source_skip = cfg.source_skip
     if enc.width != mcfg.feature_dim:
         raise ConfigError(f"the model in {cfg.init} reads {mcfg.feature_dim}-wide features but the encoder in {cfg.data.encoder} gives {enc.width}")
     ds = instruct_data(cfg)

@@ -28,9 +28,9 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'build_tokenizer', 'tiny_tokenizer', 'llama3_tokenizer', 'parent_places', 'flatten_pyramid',
            'unflatten_pyramid', 'Text', 'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences',
            'MLLMConfig', 'llama_config', 'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like',
-           'image_tokens', 'mllm_tokenizer', 'scale_shares', 'parent_features', 'source_places', 'source_features',
-           'self_feed_inputs', 'change_weights', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features',
-           'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
+           'image_tokens', 'mllm_tokenizer', 'scale_shares', 'parent_features', 'source_places', 'self_feed_inputs',
+           'change_weights', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm',
+           'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -187,7 +187,6 @@ class MLLMConfig:
     image_pos: bool = False           # a learned embedding of each feature token's place (0 … 340), added to input_proj(f)
     image_stride: int = 0             # RoPE distance from one image's `[IMG]` to the next one's; 0 = consecutive positions, as PUMA
     parent_skip: bool = False         # predict each f_i token as its parent in f_{i+1} plus output_proj(h): a residual, coarse to fine; False = PUMA
-    source_skip: bool = False         # predict a picture that follows a whole picture (an edit's source) as that picture plus a residual; False = PUMA
     backbone: str = ""                # LLaMA weights to start from (a hub name or a local folder, e.g. meta-llama/Meta-Llama-3-8B); "" = random
 
     def validate(self):
@@ -239,13 +238,12 @@ class PumaLM(nn.Module):
                  image_stride:int=0, # `MLLMConfig.image_stride`
                  image_tokens:tuple[int, int]|None=None, # the ids of `[IMG]` and `[/IMG]` (needed with `image_stride`)
                  parent_skip:bool=False, # `MLLMConfig.parent_skip`
-                 source_skip:bool=False, # `MLLMConfig.source_skip`
                 ):
         super().__init__()
         if image_stride and image_tokens is None: raise ValueError("image_stride needs the ids of [IMG] and [/IMG] (image_tokens)")
         d = llm.config.hidden_size
         self.llm, self.feat_token_id = llm, feat_token_id
-        self.image_stride, self.image_tokens, self.parent_skip, self.source_skip = image_stride, image_tokens, parent_skip, source_skip
+        self.image_stride, self.image_tokens, self.parent_skip = image_stride, image_tokens, parent_skip
         self.input_proj = nn.Linear(feature_dim, d)
         self.output_proj = nn.Linear(d, feature_dim)
         self.image_pos = nn.Embedding(N_FEATURES, d) if image_pos else None
@@ -266,19 +264,12 @@ class PumaLM(nn.Module):
 
     def predict(self, h:torch.Tensor, # hidden states, each the one before a feature token
                 parents:torch.Tensor|None=None, # those tokens' parents (`parent_features`; zeros for f_4): needed with `parent_skip`
-                sources:torch.Tensor|None=None, # those tokens' source terms (`source_features`; zeros without a source): needed with `source_skip`
                ) -> torch.Tensor:
-        "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`, plus its source term with `source_skip`."
+        "f̂: `output_proj(h)`, plus each token's parent with `parent_skip`."
         f = self.output_proj(h)
-        if not (self.parent_skip or self.source_skip): return f
-        f = f.float()  # the sums in fp32: a bf16 parent would lose its last digits
-        if self.parent_skip:
-            if parents is None: raise ValueError("this model has parent_skip: pass each predicted token's parent (parent_features)")
-            f = f + parents.float()
-        if self.source_skip:
-            if sources is None: raise ValueError("this model has source_skip: pass each predicted token's source term (source_features)")
-            f = f + sources.float()
-        return f
+        if not self.parent_skip: return f
+        if parents is None: raise ValueError("this model has parent_skip: pass each predicted token's parent (parent_features)")
+        return f.float() + parents.float()  # the sum in fp32: a bf16 parent would lose its last digits
 
     def position_ids(self, input_ids:torch.Tensor, attention_mask:torch.Tensor|None=None) -> torch.Tensor:
         "This model's RoPE positions for a whole sequence (`image_position_ids` with its `image_stride`)."
@@ -297,12 +288,12 @@ class PumaLM(nn.Module):
         return out.last_hidden_state, out.cache
 
 def puma_lm(llm:LlamaForCausalLM, # the backbone
-            cfg:MLLMConfig, # its feature width and the optional heads (`image_pos`, `image_stride`, `parent_skip`, `source_skip`)
+            cfg:MLLMConfig, # its feature width and the toy-scale options (`image_pos`, `image_stride`, `parent_skip`)
             tok, # the tokenizer: the ids of `<feat>`, `[IMG]` and `[/IMG]`
            ) -> PumaLM:
     "`llm` in a PumaLM as `cfg` and `tok` describe it: the one place that maps a config onto `PumaLM`'s arguments."
     return PumaLM(llm, cfg.feature_dim, tok.convert_tokens_to_ids("<feat>"), image_pos=cfg.image_pos, image_stride=cfg.image_stride,
-                  image_tokens=image_tokens(tok), parent_skip=cfg.parent_skip, source_skip=cfg.source_skip)
+                  image_tokens=image_tokens(tok), parent_skip=cfg.parent_skip)
 
 def build_mllm(cfg:MLLMConfig, tok,
                on_meta:bool=False, # the shape only, on the `meta` device, reading no weights (FSDP ranks > 0: see `place_model`)
@@ -332,7 +323,7 @@ def build_mllm(cfg:MLLMConfig, tok,
 def empty_like(model:PumaLM) -> PumaLM:
     "A fresh PumaLM of `model`'s exact shape (random weights): where `fit` under FSDP puts the gathered weights."
     return PumaLM(LlamaForCausalLM(model.llm.config), model.input_proj.in_features, model.feat_token_id, image_pos=model.image_pos is not None,
-                  image_stride=model.image_stride, image_tokens=model.image_tokens, parent_skip=model.parent_skip, source_skip=model.source_skip)
+                  image_stride=model.image_stride, image_tokens=model.image_tokens, parent_skip=model.parent_skip)
 
 def image_tokens(tok) -> tuple[int, int]:
     "The ids of `[IMG]` and `[/IMG]` in `tok`."
@@ -372,16 +363,6 @@ def source_places(feature_index:torch.Tensor, # `(N,)`: each feature's place in 
           & (positions[e] - positions[b] == N_FEATURES - 1))  # 341 consecutive tokens: one picture, not two short ones
     return torch.where(ok, j - N_FEATURES, -1)
 
-def source_features(features:torch.Tensor, # `(N, C)`: a batch's features in placeholder order
-                    feature_index:torch.Tensor, rows:torch.Tensor, positions:torch.Tensor, # as `source_places` reads them
-                    parent_skip:bool=False, # the model's `parent_skip`: subtract the source token's own parent
-                   ) -> torch.Tensor:
-    "Each feature's source term for `source_skip`: the source picture's token at its place (less that token's parent with `parent_skip`), zeros where there is no source: `(N, C)`."
-    if features.numel() == 0: return features
-    src = source_places(feature_index.to(features.device), rows.to(features.device), positions.to(features.device))
-    s = features - parent_features(features, feature_index) if parent_skip else features
-    return torch.where((src >= 0)[:, None], s[src.clamp(min=0)], torch.zeros_like(features))
-
 @torch.no_grad()
 def self_feed_inputs(model:PumaLM, # or DDP around one
                      batch:dict, # a collated batch
@@ -396,13 +377,12 @@ def self_feed_inputs(model:PumaLM, # or DDP around one
     ids, f, keep, k = batch["input_ids"], batch["features"], batch["feature_target"], batch["feature_index"]
     fb, fp = (ids == m.feat_token_id).nonzero(as_tuple=True)
     swap = keep & (torch.rand(keep.shape, device=keep.device) < p)
-    sources = source_features(f, k, fb, fp, m.parent_skip)[keep] if m.source_skip else None  # the prompt's picture: never fed
     x = f
     for _ in range(passes):
         h, _ = m(ids, x, attention_mask, feature_index=k)
         parents = parent_features(x, k)[keep] if m.parent_skip else None
         pred = f.clone()
-        pred[keep] = m.predict(h[fb[keep], fp[keep] - 1], parents, sources).to(f.dtype)
+        pred[keep] = m.predict(h[fb[keep], fp[keep] - 1], parents).to(f.dtype)
         x = torch.where(swap[:, None], pred, f)
     return x
 
@@ -448,8 +428,7 @@ def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forw
     metrics = {"ce": ce.detach()}
     if keep.any():
         parents = parent_features(inputs, batch["feature_index"])[keep] if m.parent_skip else None  # the parents it read, as in generation
-        sources = source_features(batch["features"], batch["feature_index"], fb, fp, m.parent_skip)[keep] if m.source_skip else None
-        pred = m.predict(prev(fb[keep], fp[keep]), parents, sources).float()
+        pred = m.predict(prev(fb[keep], fp[keep]), parents).float()
         err = (pred - batch["features"][keep].float()) ** 2
         err = err.mean(-1) if normalize == "weights" else err.sum(-1)
         n_img, w = keep.sum() / N_FEATURES, change_weights(batch, fb, fp, change_weight)
@@ -491,12 +470,6 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
     ids, mask, feats, index = (t.to(dev) for t in left_pad(prompts, pad_id))
     B, pos = len(ids), model.position_ids(ids, mask)
     given, given_index = feats.view(B, -1, C), index.view(B, -1)  # the prompts' own image features, per row
-    source = torch.zeros(B, N_FEATURES, C, device=dev)  # `source_skip`: the prompt's last picture, when it is a whole one
-    at = (ids == model.feat_token_id).nonzero()[:, 1].view(B, -1)  # each prompt feature's position in its row
-    if (model.source_skip and given.shape[1] >= N_FEATURES and bool((given_index[:, -N_FEATURES:] == torch.arange(N_FEATURES, device=dev)).all())
-            and bool((at[:, -1] - at[:, -N_FEATURES] == N_FEATURES - 1).all())):  # 341 consecutive tokens, as `source_places` asks
-        source = given[:, -N_FEATURES:].float()
-        if model.parent_skip: source = source - parent_features(source.flatten(0, 1), torch.arange(N_FEATURES, device=dev).repeat(B)).view(B, N_FEATURES, C)
     no_pad = bool(mask.all())  # no row is padded: the causal mask alone is right, and skipping ours is faster
     out, cache = [], None
     for k in range(TOKENS_UP_TO[scale]):
@@ -511,7 +484,7 @@ def generate_features(model:PumaLM, prompts:list[dict], # from `build_prompt(...
             k_index = torch.cat([given_index, torch.arange(k, device=dev).expand(B, k)], 1).flatten()  # the k-th generated is token k of 341
             h, cache = model(k_ids, k_feats, None if no_pad else k_mask, model.position_ids(k_ids, k_mask), use_cache=use_cache,
                              feature_index=k_index)
-        out.append(model.predict(h[:, -1], out[int(PARENT[k])] if k else torch.zeros(B, C, device=dev), source[:, k]))
+        out.append(model.predict(h[:, -1], out[int(PARENT[k])] if k else torch.zeros(B, C, device=dev)))
     return torch.stack(out, 1)
 
 @torch.no_grad()
@@ -564,6 +537,8 @@ def load_mllm(folder, device="cpu",
     if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
         raise FileNotFoundError(f"{folder} is not an MLLM folder: expected config.json, model.safetensors and a tokenizer")
     meta = json.loads((folder / "config.json").read_text())
+    if meta["puma"].pop("source_skip", False):  # folders saved with the removed `source_skip` option (off) still load
+        raise ConfigError(f"{folder} was trained with source_skip, which this library no longer has")
     cfg, tok = from_dict(MLLMConfig, meta["puma"]), PreTrainedTokenizerFast.from_pretrained(folder)
     with torch.device("meta") if on_meta else nullcontext():
         model = puma_lm(LlamaForCausalLM(LlamaConfig.from_dict(meta["llama"])), cfg, tok)

@@ -89,11 +89,11 @@ def test_eq2_weights_and_normalisation(tok):
     assert abs(float(loss2) - (0.02 * float(parts["ce"]) + mse[4])) < 1e-4
 
 
-@pytest.mark.parametrize("image_pos,image_stride,parent_skip,source_skip",
-                         [(False, 0, False, False), (True, 0, False, False), (False, 400, False, False), (True, 400, True, False), (True, 400, True, True)])
-def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride, parent_skip, source_skip):
+@pytest.mark.parametrize("image_pos,image_stride,parent_skip",
+                         [(False, 0, False), (True, 0, False), (False, 400, False), (True, 400, True)])
+def test_cached_generation_equals_recomputing_the_prefix(tok, image_pos, image_stride, parent_skip):
     torch.manual_seed(0)
-    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride, parent_skip=parent_skip, source_skip=source_skip), tok).eval()
+    m = build_mllm(MLLMConfig(image_pos=image_pos, image_stride=image_stride, parent_skip=parent_skip), tok).eval()
     if image_pos: torch.nn.init.normal_(m.image_pos.weight)  # zero at init: give each place its own vector, so the test can fail
     prompts = [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True),
                build_prompt(tok, [Text("a small cyan triangle at the center and a large green square at the left on a black background")], open_image=True)]
@@ -124,7 +124,7 @@ def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
     b = collate_sequences([build_sequence(tok, [Text(w), Image(g, target=True)]) for w, g in zip(words, gen)], tok.pad_token_id)
     seen = {}
     orig = m.predict
-    m.predict = lambda h, parents, sources: seen.setdefault("pred", orig(h, parents, sources))
+    m.predict = lambda h, parents: seen.setdefault("pred", orig(h, parents))
     with torch.no_grad(): _, parts = puma_loss(m, b)
     del m.predict
     assert torch.allclose(seen["pred"].view(2, 341, 64), gen, atol=1e-4) and all(float(parts[f"mse_f{i}"]) < 1e-7 for i in range(5))
@@ -137,30 +137,8 @@ def test_parent_skip_generates_what_the_loss_predicts(tok, tmp_path):
     assert cfg2.parent_skip and m2.parent_skip and not build_mllm(MLLMConfig(), tok).parent_skip
 
 
-@pytest.mark.parametrize("parent_skip", [False, True])
-def test_source_skip_generates_what_the_loss_predicts(tok, tmp_path, parent_skip):
-    "An edit's target is its source plus a residual: the loss and generation read the same source terms, and a zero head copies."
-    torch.manual_seed(0)
-    cfg = MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, image_stride=400, parent_skip=parent_skip, source_skip=True)
-    m = build_mllm(cfg, tok).eval()
-    src = [flatten_pyramid(pyr(seed=s)) for s in (0, 1)]
-    words = ["remove the red circle", "change the color of the cyan circle to green"]
-    gen = generate_features(m, [build_prompt(tok, [Image(f), Text(w)], open_image=True) for f, w in zip(src, words)], tok.pad_token_id)
-    b = collate_sequences([build_sequence(tok, [Image(f), Text(w), Image(g, target=True)]) for f, w, g in zip(src, words, gen)], tok.pad_token_id)
-    seen, orig = {}, m.predict
-    m.predict = lambda h, parents, sources: seen.setdefault("pred", orig(h, parents, sources))
-    with torch.no_grad(): _, parts = puma_loss(m, b)
-    del m.predict
-    assert torch.allclose(seen["pred"].view(2, 341, 64), gen, atol=1e-4) and all(float(parts[f"mse_f{i}"]) < 1e-7 for i in range(5))
-    # with the head at zero an edit copies its source, with or without the parent skip
-    torch.nn.init.zeros_(m.output_proj.weight); torch.nn.init.zeros_(m.output_proj.bias)
-    copy = generate_features(m, [build_prompt(tok, [Image(src[0]), Text(words[0])], open_image=True)], tok.pad_token_id)[0]
-    assert torch.allclose(copy, src[0], atol=1e-5)
-    # a picture with no whole picture before it in its sequence (text-to-image, or after a picture of fewer scales) has no source
-    t2i = generate_features(m, [build_prompt(tok, [Text("a large red circle at the top left on a white background")], open_image=True)], tok.pad_token_id)[0]
-    assert float(t2i.abs().max()) < 1e-6
-    short = [Image(select_scales(src[0], (4, 3, 2, 1)), scales=(4, 3, 2, 1)), Image(select_scales(src[0], (0,)), scales=(0,)), Text(words[0])]
-    assert float(generate_features(m, [build_prompt(tok, short, open_image=True)], tok.pad_token_id).abs().max()) < 1e-6
+def test_source_places_finds_the_whole_picture_before():
+    "change_weights compares a target token with the token at its place in the picture just before it, when that is a whole one."
     idx = torch.cat([scale_index((4, 3, 2, 1)), scale_index((0,)), torch.arange(341)])  # two short pictures of 85 + 256 tokens, then a whole one
     rows, pos = torch.zeros(len(idx), dtype=torch.long), torch.cat([torch.arange(85), torch.arange(256) + 90, torch.arange(341) + 400])
     assert (source_places(idx, rows, pos) == -1).all()
@@ -168,9 +146,6 @@ def test_source_skip_generates_what_the_loss_predicts(tok, tmp_path, parent_skip
     idx2 = torch.cat([torch.arange(341)] * 2)
     assert torch.equal(source_places(idx2, rows[:682] * 0, pos2)[341:], torch.arange(341))
     assert (source_places(idx2, torch.cat([torch.zeros(341), torch.ones(341)]).long(), pos2) == -1).all()  # another sequence's picture
-    save_mllm(m, tok, cfg, tmp_path / "m")
-    m2, _, cfg2 = load_mllm(tmp_path / "m")
-    assert cfg2.source_skip and m2.source_skip and not build_mllm(MLLMConfig(), tok).source_skip
 
 
 def test_save_and_load(tok, tmp_path):
@@ -181,6 +156,14 @@ def test_save_and_load(tok, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     m2, tok2, cfg2 = load_mllm(tmp_path / "m")
     assert cfg2 == cfg and tok2.get_vocab() == tok.get_vocab()
+    import json
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "puma": {**meta["puma"], "source_skip": False}}))
+    assert load_mllm(tmp_path / "m")[2] == cfg  # a folder saved with the removed `source_skip` off
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "puma": {**meta["puma"], "source_skip": True}}))
+    with pytest.raises(Exception, match="source_skip"):
+        load_mllm(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     p = [build_prompt(tok, [Text("a red circle")], open_image=True)]
     assert torch.equal(generate_features(m, p, tok.pad_token_id, 3), generate_features(m2.eval(), p, tok.pad_token_id, 3))
     with pytest.raises(FileNotFoundError, match="not an MLLM folder"):
