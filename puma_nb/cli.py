@@ -106,13 +106,12 @@ class Preset:
     table1_n: int = 100  # held-out images decoded for Table 1 (× 5 scales × 2 seeds)
     sample_steps: int = 20  # DDIM steps per decoding
     pretrain_steps: int = 600  # MLLM pretraining steps (configs/pretrain_tiny.yaml's recipe)
-    instruct_steps: dict = field(default_factory=lambda: {"t2i": 1200, "edit": 2400, "conditional": 300, "understanding": 300})  # t2i 1200:
-                                               # f0 keeps colours 98%, shapes 69% (300: 82.5 / 38%; 06_mllm, *Where the shapes go*); edit 2400:
-                                               # exact edits at f0 64% of 100 test edits (1200: 51%; runs/toy30, 06_mllm, *Weighing what an edit changes*)
+    instruct_steps: dict = field(default_factory=lambda: {"t2i": 1200, "edit": 2400, "conditional": 300, "understanding": 300})  # longer for
+                                               # t2i and edit (reports/ablations/t2i_steps, change_weight)
     instruct_init: dict = field(default_factory=lambda: {"edit": "t2i", "conditional": "t2i"})  # these models start from the finished
-                                               # model of that task, not the pretraining (08_instruct, *Starting from text-to-image*)
+                                               # model of that task, not the pretraining (reports/ablations/edit_from_t2i)
     understanding_first: tuple = ((2,), 1500)  # the understanding model first reads only these scales for this many steps, then
-                                               # all five for instruct_steps["understanding"] (08_instruct, *Reading f2 first*); () skips it
+                                               # all five for instruct_steps["understanding"] (reports/ablations/understanding_f2_first); () skips it
     table5_steps: int = 300  # each understanding model of Table 5, one per input (f4 … f0 and all five), from the pretraining checkpoint
     questions: int = 8  # understanding and Table 5: questions per training picture, as one conversation (`data.questions`, 08_instruct)
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
@@ -133,11 +132,8 @@ class Preset:
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
                            pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
                            eval_n=6, qa_n=6, expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
-           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: every stage measured from an empty folder, 2026-12-02
-                         # (runs/toy26: `puma-nb toy`, 99 min, nothing else running, a 2-core AMD EPYC Zen 5; the slower
-                         # machine kind of runs/toy25 took 1.4-1.8x as long in each stage both runs finished), but edit:
-                         # 2400 steps measured in runs/toy30 (2026-12-06, the Intel kind, whose steps slowed from 1.9 to 3.2 s during it)
-                         # and decoders: D_1 … D_4 2042 s in runs/toy32 (2026-12-06, the Intel kind), plus D_0's share of runs/toy28's stage, about 370 s
+           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: each stage's seconds in measured runs of
+                         # `puma-nb toy` on a 2-core CPU with nothing else running (the ETA's reference; git log has their history)
                          expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
 def _done(res) -> None:
@@ -237,7 +233,7 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
     return DecoderRunConfig(
         reader_steps=500,
         train=TrainConfig(steps=1000, batch_size=16, lr=3e-3, schedule="linear", warmup_steps=30, grad_clip=1.0,
-                          log_every=25, ckpt_every=250, out_dir="runs/decoders/f0"),
+                          log_every=25, ckpt_every=250, out_dir="runs/decoders/f0", precision="fp32"),  # as measured
         model=DecoderConfig(block_out_channels=(32, 64), layers_per_block=2, spatial_dim=64, spatial_hidden=256,
                             spatial_skip=True),
         diffusion=DiffusionConfig(prediction_type="sample", beta_schedule="linear", beta_end=0.02, clip_sample=True, reader_weight=1.0,
@@ -288,21 +284,20 @@ def pretrain_recipe(encoder:str|Path) -> PretrainRunConfig:
     "The tiny pretraining recipe, as `configs/pretrain_tiny.yaml` writes it (a test keeps the two equal)."
     return PretrainRunConfig(
         train=TrainConfig(steps=1000, batch_size=16, lr=1e-3, param_groups=[ParamGroup(PROJECTORS, lr=3e-3)], warmup_steps=20,
-                          schedule="cosine", grad_clip=5.0, precision="bf16", log_every=20, ckpt_every=250, out_dir="runs/pretrain"),
+                          schedule="cosine", grad_clip=5.0, precision="auto", log_every=20, ckpt_every=250, out_dir="runs/pretrain"),
         model=MLLMConfig(feature_dim=64, hidden_size=256, layers=4, heads=4, kv_heads=4, intermediate_size=688, max_positions=1024,
                           image_pos=True, parent_skip=True),
         data=PretrainDataConfig(encoder=str(encoder)))
 
-EDIT_CHANGE_WEIGHT = 4.0  # λ of the edit model: a token an edit changes weighs four kept ones (06_mllm, *Weighing what an edit changes*:
-                          # two pairs of runs, 200 held-out edits each, f0 21 → 23% and 13 → 19.5%, best of five 34 → 38% and 21 → 32.5%)
+EDIT_CHANGE_WEIGHT = 4.0  # λ of the edit model: a token an edit changes weighs four kept ones (reports/ablations/change_weight)
 
 def instruct_recipe(task:str, init:str|Path, encoder:str|Path) -> InstructRunConfig:
     "The tiny instruct recipe of one task, as `configs/instruct_tiny.yaml` writes it (a test keeps the two equal)."
     return InstructRunConfig(task=task, init=str(init), image_stride=384, data=InstructDataConfig(encoder=str(encoder)),
-                             loss=LossConfig(self_feed=1.0, self_feed_passes=2,  # scheduled sampling (06_mllm, *Reading its own features*)
+                             loss=LossConfig(self_feed=1.0, self_feed_passes=2,  # scheduled sampling (reports/ablations/self_feed)
                                              change_weight=EDIT_CHANGE_WEIGHT if task == "edit" else 1.0),
                              train=TrainConfig(steps=300, batch_size=16, lr=5e-4, warmup_steps=15, schedule="cosine", grad_clip=5.0,
-                                               precision="bf16", log_every=20, ckpt_every=100, out_dir=f"runs/instruct/{task}"))
+                                               precision="auto", log_every=20, ckpt_every=100, out_dir=f"runs/instruct/{task}"))
 
 def _finished(folder:Path) -> bool: return (folder / "model" / "model.safetensors").exists()
 

@@ -275,7 +275,8 @@ class ClipRunConfig:
     "`configs/clip_tiny.yaml`: the tiny CLIP, trained contrastively on ShapesWorld captions, and its tokens on their phrases."
     stage: Literal["clip"] = "clip"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1600, batch_size=64, lr=1e-3, weight_decay=0.1,
-                                                                   warmup_steps=40, out_dir="runs/clip"))
+                                                                   warmup_steps=40, out_dir="runs/clip",
+                                                                   precision="fp32"))  # as measured; bf16 is not, for the tiny CLIP
     model: TinyClipConfig = field(default_factory=TinyClipConfig)
     data: ClipDataConfig = field(default_factory=ClipDataConfig)
     dense_weight: float = 1.0  # λ, the weight of L_dense (0: plain CLIP)

@@ -24,7 +24,7 @@ __all__ = ['PEAK_BF16', 'ASSUMED_MFU', 'SEQ_LEN', 'LLAMA3_VOCAB', 'meta_model', 
 
 # %% ../nbs/11_scaling.ipynb #09fa6aa4
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}  # dense bf16 (V100: fp16) FLOP/s per GPU
-ASSUMED_MFU = {"mllm": 0.45, "decoder": 0.35}  # plain eager steps on an H200 (issue 6); `benchmarks/gpu_*.py` measure ours
+ASSUMED_MFU = {"mllm": 0.45, "decoder": 0.35}  # assumed for plain eager steps on an H200; `benchmarks/gpu_*.py` measure ours
 SEQ_LEN = {"pretrain": 416, "t2i": 416, "understanding": 512, "edit": 768, "conditional": 768}  # tokens per MLLM sequence
 LLAMA3_VOCAB = 128_256 + 227   # LLaMA-3's vocabulary and PUMA's tokens ([IMG], [/IMG], <feat>, 224 positions)
 
