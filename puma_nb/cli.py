@@ -431,12 +431,14 @@ def figure6(model, tok, enc, # the text-to-image model, its tokenizer, the froze
 def picture_grid(rows:list[list[torch.Tensor]], row_names:list[str], col_names:list[str]):
     "A figure of pictures: one row per list, named on the left; columns titled (wrapped) on top."
     import matplotlib.pyplot as plt, textwrap
-    fig, axs = plt.subplots(len(rows), len(rows[0]), figsize=(1.6 * len(rows[0]), 1.7 * len(rows) + 0.6), squeeze=False)
+    titles = ["\n".join(textwrap.wrap(t, 24)) for t in col_names]  # whole captions, however many lines they take
+    lines = max(t.count("\n") + 1 for t in titles)
+    fig, axs = plt.subplots(len(rows), len(rows[0]), figsize=(1.6 * len(rows[0]), 1.7 * len(rows) + 0.12 * lines + 0.3), squeeze=False)
     for r, row in enumerate(rows):
         for c, im in enumerate(row):
             ax = axs[r, c]; ax.imshow(tw.to_image(im)); ax.set_xticks([]); ax.set_yticks([])
             if c == 0: ax.set_ylabel(row_names[r], fontsize=8)
-            if r == 0: ax.set_title("\n".join(textwrap.wrap(col_names[c], 24)[:3]), fontsize=6)
+            if r == 0: ax.set_title(titles[c], fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -445,8 +447,11 @@ def human_report(report:dict) -> str:
     t1 = report["table1"]
     here = f" ({report['machine']})" if "machine" in report else ""  # reports before it lack it, and the precision
     prec = f", {precision_words(report['precision'])}" if "precision" in report else ""
-    lines = [f"# PUMA on ShapesWorld — preset `{report['preset']}`", "",
-             f"{report['seconds']:.0f} s on this machine{here}{prec}. Stand-ins for the paper's backbones:", ""]
+    lines = [f"# PUMA on ShapesWorld — preset `{report['preset']}`", ""]
+    if report["preset"] == "smoke":  # a plumbing check: models trained for a few steps
+        lines += ["**A smoke run: every model trained for a few steps, so its numbers mean nothing; they show only that each "
+                  "stage ran.** `puma-nb toy` makes the real report.", ""]
+    lines += [f"{report['seconds']:.0f} s on this machine{here}{prec}. Stand-ins for the paper's backbones:", ""]
     lines += [f"- **{k}**: {v}" for k, v in report["stand_ins"].items()]
     lines += stage_table(report.get("stage_seconds", {}), report["config"].get("expected_seconds", {}))
     lines += ["", "## Pyramid features (§3.1)", "",

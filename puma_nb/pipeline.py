@@ -68,7 +68,7 @@ def edit(self:Puma, image:np.ndarray, instruction:str, scale:int=0, seed:int=0) 
     return self._draw("edit", {"task": "edit", "source": _tensor(image), "instruction": instruction}, (scale,), (seed,))[scale, seed]
 
 @torch.no_grad()
-def conditional(self:Puma, kind:str, # `canny`, `inpaint` or `colorize`
+def conditional(self:Puma, kind:str, # "canny", "inpaint" or "colorize"
                 condition:np.ndarray, # the condition picture (edges, masked picture, grayscale picture)
                 caption:str, with_instruction:bool=True, scale:int=0, seed:int=0) -> np.ndarray:
     "A picture generated from a condition picture and a caption (preceded by the task instruction, if asked)."

@@ -163,6 +163,7 @@ def test_smoke_tables_2_3_5_conditional_and_understanding(smoke):
 def test_smoke_report_text_and_figures(smoke):
     out = smoke.out
     text = (out / "REPORT.md").read_text()
+    assert "its numbers mean nothing" in "\n".join(text.splitlines()[:4])  # said at the top: a smoke run checks plumbing only
     assert "first reads only f2 for 1 steps" in text  # the smoke preset's understanding_first, ((2,), 1)
     assert "edit weighs each token its edit changes as 4 kept ones" in text and "edit starts from the finished t2i model" in text
     assert "an answer of the asked kind" in text
@@ -276,3 +277,13 @@ def test_the_instruct_configs_t2i_command_is_the_main_jobs():
     assert len(cmds) == 1
     cfg, n = load_config(InstructRunConfig, path, cmds[0]), PRESETS["toy"].instruct_steps["t2i"]
     assert (cfg.task, cfg.train.steps, cfg.train.warmup_steps) == ("t2i", n, max(1, n // 20))  # as `build_mllms` sets them
+
+
+def test_figure_titles_keep_the_whole_caption():
+    "figure6/figure10's column titles: a long caption wraps onto as many lines as it needs, cut nowhere."
+    import matplotlib; matplotlib.use("Agg")
+    import torch
+    from puma_nb.cli import picture_grid
+    caption = "a small purple triangle at the bottom right and a large yellow square at the top left on a gray background"
+    fig = picture_grid([[torch.rand(3, 64, 64)]], ["f0"], [caption])
+    assert fig.axes[0].get_title().replace("\n", " ") == caption

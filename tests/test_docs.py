@@ -58,3 +58,44 @@ def test_site_shows_the_main_jobs_report(site):
     if not (ROOT / "reports" / "toy" / "REPORT.md").exists(): pytest.skip("no committed report (reports/toy/) to show")
     html = (site / "report.html").read_text()
     assert "Table 1" in html and "Table 2" in html and 'src="figure3.png"' in html and (site / "figure3.png").exists()
+
+
+def test_the_report_pages_math_is_typeset(site, tmp_path):
+    "The Report page's $D_3$, $f_0$ … go through MathJax (arithmatex hands them over whole), not out as raw dollars."
+    if not (ROOT / "reports" / "toy" / "REPORT.md").exists(): pytest.skip("no committed report (reports/toy/) to show")
+    html = (site / "report.html").read_text()
+    assert 'type="math/tex"' in html and "mathjax/MathJax.js" in html
+    dom = chromium("--dump-dom", (site / "report.html").as_uri(), profile=tmp_path / "p").stdout
+    text = re.sub(r"<script.*?</script>", "", dom, flags=re.S)
+    assert not re.search(r"\$[A-Za-z\\]", re.sub(r"<[^>]+>", "", text)), "raw $…$ math on the Report page"
+
+
+def test_headings_keep_their_code_words_in_the_table_of_contents(site):
+    html = (site / "03_pyramid.html").read_text()
+    assert "()</a>" not in html and "( )" not in html  # a code span left out of a heading's entry
+
+
+def _figure_cells(nb_path):
+    import json
+    nb = json.loads(nb_path.read_text())
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and re.search(r"plt\.|imshow|\.plot\(|figure3\(|show_", "".join(c["source"]))
+            and not "".join(c["source"]).lstrip().startswith("#| export")]
+
+
+@pytest.mark.parametrize("name", ["00_toyworld", "03_pyramid"])
+def test_every_figure_cell_has_its_picture(name):
+    "The docs show a notebook's saved outputs: a figure cell committed without its output is a blank on the site."
+    cells = _figure_cells(ROOT / "nbs" / f"{name}.ipynb")
+    assert cells
+    blank = ["".join(c["source"])[:80] for c in cells
+             if not any("image/png" in o.get("data", {}) or "text/markdown" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not blank, f"{name}: figure cells without output (run the notebook and save it): {blank}"
+
+
+def test_links_to_the_records_lead_to_pages_of_the_site(site):
+    "A notebook's link to reports/ablations/<name>/ becomes the record's own page on the site, which exists."
+    for page in site.glob("*.html"):
+        html = page.read_text()
+        assert 'href="../reports/' not in html, f"{page.name}: a link out of the site"
+        for name in re.findall(r'href="ablations/([\w-]+)/index\.html"', html):
+            assert (site / "ablations" / name / "index.html").exists(), f"{page.name}: no page for the record {name}"
