@@ -91,7 +91,7 @@ import sys
 from puma_nb import cli
 # the smoke job with a long CLIP stage, to stop it in the middle
 cli.PRESETS["stop"] = cli.Preset("stop", 1000, 100, 100, clip_steps=2000, decoder_steps=20, table1_n=2, sample_steps=2, pretrain_steps=2,
-                                 instruct_steps=dict.fromkeys(cli.INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
+                                 instruct_steps=dict.fromkeys(cli.INSTRUCT_TASKS, 2), understanding_first=cli.UnderstandingFirst((2,), 1), table5_steps=1,
                                  eval_n=2, qa_n=2, expected_seconds=cli.PRESETS["smoke"].expected_seconds)
 sys.exit(cli.main(["stop", "--out", sys.argv[1]]))
 """
@@ -126,10 +126,10 @@ def test_the_main_job_stops_in_any_stage_and_resumes_without_redoing_data(tmp_pa
 
 def test_a_stopped_run_stops_the_main_job_with_one_line(monkeypatch, capsys, tmp_path):
     "A run's `FitResult` or a signal outside any run: `cli.main` prints where, and returns 128 + the signal."
-    cli._done(None)  # a stage finished before: go on
-    cli._done(FitResult(10, "done", tmp_path, {}, None))
+    cli.stop_unless_done(None)  # a stage finished before: go on
+    cli.stop_unless_done(FitResult(10, "done", tmp_path, {}, None))
     def job(preset, out, clock, status="preempted", folder=("decoders", "f2", "plain"), stage="decoders", sig=signal.SIGINT):
-        with clock.stage(stage): cli._done(FitResult(37, status, out.joinpath(*folder), {}, None, "fp32", sig))
+        with clock.stage(stage): cli.stop_unless_done(FitResult(37, status, out.joinpath(*folder), {}, None, "fp32", sig))
     cases = [({}, 130, "stopped at decoders (f2/plain) step 37"),
              (dict(folder=("instruct", "t2i"), stage="t2i", sig=signal.SIGTERM), 143, "stopped at t2i step 37"),
              (dict(status="done", folder=("clip",), stage="clip"), 130, "stopped at clip step 37")]  # a signal after its last step
@@ -166,7 +166,7 @@ def test_a_signal_inside_fit_in_a_job_and_alone(monkeypatch, capsys, tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # `fit` handled it only while it ran
     calls.clear()
     def job(preset, out, clock):
-        with clock.stage("clip"): cli._done(fit(nn.Linear(4, 1), loss, data, cfg(out / "clip")))
+        with clock.stage("clip"): cli.stop_unless_done(fit(nn.Linear(4, 1), loss, data, cfg(out / "clip")))
     monkeypatch.setattr(cli, "_main_job", job)
     assert cli.main(["smoke", "--out", str(tmp_path / "job")]) == 130
     assert capsys.readouterr().out.endswith("stopped at clip step 3; rerun the same command to resume\n")
@@ -234,6 +234,8 @@ def test_the_report_names_the_machine_and_the_precision(monkeypatch):
     assert "`precision: auto` gives fp32 here: this CPU has no native bf16" in words
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx512_bf16": True, "amx_bf16": False})
     prec = cli.job_precision(cli.PRESETS["toy"])
-    assert set(prec["stages"].values()) == {"bf16"} and cli.precision_words(prec).startswith("trained in bf16 (")
+    # the CLIP and the decoders stay in fp32, as their recipes pin (measured so); pretraining and instruct follow `auto`
+    assert {s: v for s, v in prec["stages"].items() if v == "fp32"} == {"clip": "fp32", "decoders": "fp32"}
+    assert set(prec["stages"].values()) == {"bf16", "fp32"} and cli.precision_words(prec).startswith("trained in fp32 for clip, decoders; bf16 for ")
     assert "gives bf16 here: this CPU has avx512_bf16)" in cli.precision_words(prec) and training.resolve_precision("auto", "cpu") == "bf16"
     assert re.fullmatch(r".+, \d+ cores", cli.machine())
