@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from puma_nb import toyworld as tw
-from puma_nb.decoder import null_features, upsample_tokens
+from puma_nb.decoder import decode_features, load_decoders, null_features, upsample_tokens
 from puma_nb.instruct import InstructData, conditional_right, generate_pyramids, scene_survival
 from puma_nb.mllm import load_mllm
 from puma_nb.pyramid import SCALES, load_encoder, pyramid
-from puma_nb.reconstruction import decode_features, load_decoders
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/toy", help="a main-job run folder: its clip/model and instruct/{t2i,edit,conditional}/model")

@@ -12,11 +12,10 @@ import argparse, json, time
 import numpy as np, torch
 
 from puma_nb.cli import PRESETS
-from puma_nb.decoder import load_puma_decoder, null_features
+from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import IMAGE_KEYS, InstructData, encode_items, instruct_segments, scene_survival
 from puma_nb.mllm import PARENT, TOKENS_UP_TO, Image, Text, build_prompt, left_pad, load_mllm, unflatten_pyramid
 from puma_nb.pyramid import SCALES, load_encoder
-from puma_nb.reconstruction import decode_features
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", required=True, help="a main-job run folder: its clip/model and decoders unet_256, unet_64 are used")

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from puma_nb import toyworld as tw
-from puma_nb.decoder import load_puma_decoder, null_features
+from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import InstructData
 from puma_nb.pyramid import load_encoder
-from puma_nb.reconstruction import decode_features
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/toy", help="a `puma-nb toy` folder")

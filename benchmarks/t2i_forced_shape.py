@@ -8,11 +8,10 @@ what `self_feed` trains on), and free-running (generation). 100 held-out caption
 import argparse, json
 import numpy as np
 import torch
-from puma_nb.decoder import load_puma_decoder, null_features
+from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import InstructData, generate_pyramids, scene_survival
 from puma_nb.mllm import load_mllm, parent_features, self_feed_inputs, t2i_collate
 from puma_nb.pyramid import load_encoder
-from puma_nb.reconstruction import decode_features
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--clip", required=True, help="the run's CLIP folder (clip/model)")

@@ -17,23 +17,22 @@ from tqdm.auto import tqdm
 from . import toyworld as tw
 from .config import to_dict
 from .pyramid import ClipRunConfig, load_clip, probe_scales, tiny_encoder, train_clip
-from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, DiffusionConfig, steps_per_scale
-from .reconstruction import (PAPER_TABLE1, chance_rates, figure3, load_decoders, lpips_metric, table1,
-                                    table1_markdown, train_decoders)
+from .decoder import DecoderConfig, DecoderDataConfig, DecoderRunConfig, DiffusionConfig, load_decoders, steps_per_scale
+from .reconstruction import PAPER_TABLE1, chance_rates, figure3, lpips_metric, table1, table1_markdown, train_decoders
 from .training import (ParamGroup, Stopped, TrainConfig, cpu_bf16, latest_checkpoint, resolve_precision, stop_on_signals,
                               stop_point)
-from .mllm import SCALE_ORDER, MLLMConfig, load_mllm
-from .pretrain import PROJECTORS, LossConfig, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
+from .mllm import SCALE_ORDER, LossConfig, MLLMConfig, load_mllm
+from .pretrain import PROJECTORS, PretrainDataConfig, PretrainRunConfig, caption_scores, train_pretrain
 from .evaluation import clip_embedder, dino_embedder, learned_edit, learned_t2i
 from .instruct import (CONDITIONAL_SCORE, INSTRUCT_TASKS, InstructData, InstructDataConfig, InstructRunConfig, answer,
                               conditional_table, edit_table, t2i_table, train_instruct, understanding_scores)
 
 # %% auto #0
 __all__ = ['STAGES', 'PRESETS', 'DATA_FILES', 'TABLE1_SAMPLING', 'EDIT_CHANGE_WEIGHT', 'PAPER_TABLE6', 'PAPER_TABLE5',
-           'PAPER_TABLE3', 'JobClock', 'Preset', 'built_data', 'build_data', 'dataset_card', 'build_encoder',
-           'decoder_recipe', 'build_decoders', 'pretrain_recipe', 'instruct_recipe', 'build_mllms', 'evaluate_mllms',
-           'figure6', 'picture_grid', 'human_report', 'stage_table', 'mllm_report', 'stage_progress', 'machine',
-           'job_precision', 'precision_words', 'run_main_job', 'main']
+           'PAPER_TABLE3', 'JobClock', 'UnderstandingFirst', 'Preset', 'stop_unless_done', 'built_data', 'build_data',
+           'dataset_card', 'build_encoder', 'decoder_recipe', 'train_decoders_and_table1', 'pretrain_recipe',
+           'instruct_recipe', 'build_mllms', 'evaluate_mllms', 'figure6', 'picture_grid', 'human_report', 'stage_table',
+           'mllm_report', 'stage_progress', 'machine', 'job_precision', 'precision_words', 'run_main_job', 'main']
 
 # %% ../nbs/99_cli.ipynb #5f502cfd
 STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
@@ -90,6 +89,16 @@ class JobClock:
         finally: self.seconds[name] = round(self.clock() - t, 1)
 
 # %% ../nbs/99_cli.ipynb #63a50b77
+@dataclass(frozen=True)
+class UnderstandingFirst:
+    "The understanding model's first phase: it reads only `scales` of each picture for `steps` steps, then all five (`Preset.understanding_first`)."
+    scales: tuple[int, ...] = (2,)  # the scales it reads (`InstructDataConfig.input_scales`)
+    steps: int = 1500
+
+    def __post_init__(self):
+        if not self.scales or not set(self.scales) <= set(SCALE_ORDER): raise ValueError(f"UnderstandingFirst.scales: scales among 0 … 4, got {self.scales}")
+        if self.steps < 1: raise ValueError(f"UnderstandingFirst.steps: at least 1, got {self.steps}")
+
 @dataclass
 class Preset:
     "How big the main job is."
@@ -110,8 +119,8 @@ class Preset:
                                                # t2i and edit (reports/ablations/t2i_steps, change_weight)
     instruct_init: dict = field(default_factory=lambda: {"edit": "t2i", "conditional": "t2i"})  # these models start from the finished
                                                # model of that task, not the pretraining (reports/ablations/edit_from_t2i)
-    understanding_first: tuple = ((2,), 1500)  # the understanding model first reads only these scales for this many steps, then
-                                               # all five for instruct_steps["understanding"] (reports/ablations/understanding_f2_first); () skips it
+    understanding_first: UnderstandingFirst|None = UnderstandingFirst()  # the understanding model's first phase, then all five scales
+                                               # for instruct_steps["understanding"] (reports/ablations/understanding_f2_first); None skips it
     table5_steps: int = 300  # each understanding model of Table 5, one per input (f4 … f0 and all five), from the pretraining checkpoint
     questions: int = 8  # understanding and Table 5: questions per training picture, as one conversation (`data.questions`, 08_instruct)
     eval_n: int = 100  # test examples per picture-making task: Tables 2 and 3, conditional generation
@@ -122,6 +131,8 @@ class Preset:
 
     def __post_init__(self):
         JobClock(self.expected_seconds)  # unknown stages and non-positive seconds are errors here, not at the stage
+        if self.understanding_first is not None and not isinstance(self.understanding_first, UnderstandingFirst):
+            raise TypeError(f"Preset.understanding_first is an UnderstandingFirst(scales, steps), or None to skip that phase; got {self.understanding_first!r}")
         for task, src in self.instruct_init.items():
             if task not in INSTRUCT_TASKS or task == "understanding":
                 raise ValueError(f"Preset.instruct_init: {task!r} is not an image task ({tuple(t for t in INSTRUCT_TASKS if t != 'understanding')}; the understanding "
@@ -130,13 +141,13 @@ class Preset:
                 raise ValueError(f"Preset.instruct_init[{task!r}] = {src!r}: a model starts from one trained before it, in {INSTRUCT_TASKS}")
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, clip_steps=20, decoder_steps=20, table1_n=8, sample_steps=4,
-                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=((2,), 1), table5_steps=1,
+                           pretrain_steps=2, instruct_steps=dict.fromkeys(INSTRUCT_TASKS, 2), understanding_first=UnderstandingFirst((2,), 1), table5_steps=1,
                            eval_n=6, qa_n=6, expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
            "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: each stage's seconds in measured runs of
                          # `puma-nb toy` on a 2-core CPU with nothing else running (the ETA's reference; git log has their history)
                          expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
 
-def _done(res) -> None:
+def stop_unless_done(res) -> None:
     "Go on only after a training run that finished (`None`: it had finished before); else stop the job where the run saved its step."
     if res is not None and (res.status != "done" or res.signal):  # a signal after its last step: the run is done, the job stops
         raise Stopped(res.signal, step=res.step, out_dir=res.out_dir)
@@ -223,7 +234,7 @@ def build_encoder(p:Preset, out:Path) -> dict:
     cfg.train = replace(cfg.train, steps=p.clip_steps, warmup_steps=max(1, min(cfg.train.warmup_steps, p.clip_steps // 10)), log_every=10, ckpt_every=100,
                         out_dir=str(out / "clip"))
     cfg.data.n_test, cfg.data.seed = p.n_test, p.seed
-    res = train_clip(cfg); _done(res)
+    res = train_clip(cfg); stop_unless_done(res)
     clip, ccfg = load_clip(out / "clip" / "model")
     probe = probe_scales(tiny_encoder(clip, ccfg), n_train=min(2000, p.n_train), n_test=p.n_test, seed=p.seed)
     return {"retrieval": {k: res.last[k] for k in ("t2i_top1", "i2t_top1")}, "probe": probe, "clip_steps": res.step}
@@ -242,11 +253,11 @@ def decoder_recipe(encoder:str|Path) -> DecoderRunConfig:
 
 TABLE1_SAMPLING = dict(scheduler="ddim", guidance=1.0)  # with `steps` from the preset
 
-def build_decoders(p:Preset, out:Path, lpips:tuple|None=None, clock:JobClock|None=None) -> dict:
+def train_decoders_and_table1(p:Preset, out:Path, lpips:tuple|None=None, clock:JobClock|None=None) -> dict:
     "Train D_0 … D_4 (resuming, skipping finished ones), measure Table 1, draw Figure 3, write the decodings to `samples/`."
     clock = clock or JobClock({}, out=lambda line: None)
     with clock.stage("decoders"):
-        for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders", lr=p.decoder_lr).values(): _done(res)
+        for res in train_decoders(decoder_recipe(out / "clip" / "model"), p.decoder_steps, out / "decoders", lr=p.decoder_lr).values(): stop_unless_done(res)
     with clock.stage("table1"): return _table1(p, out, lpips)
 
 def _table1(p:Preset, out:Path, lpips:tuple|None) -> dict:
@@ -309,33 +320,33 @@ def build_mllms(p:Preset, out:Path, clock:JobClock|None=None) -> dict:
     pre.train = replace(pre.train, steps=p.pretrain_steps, warmup_steps=max(1, p.pretrain_steps // 50), out_dir=str(out / "pretrain"))
     pre.data.n_train, pre.data.seed = p.n_train, p.seed
     with clock.stage("pretrain"):
-        if not _finished(out / "pretrain"): _done(train_pretrain(pre))
+        if not _finished(out / "pretrain"): stop_unless_done(train_pretrain(pre))
     def understanding(name:str, steps:int, scales=SCALE_ORDER, init:Path=out / "pretrain" / "model"):
         "One understanding model in `instruct/<name>`, `p.questions` questions a picture, reading `scales`."
         cfg = instruct_recipe("understanding", init, enc)
         cfg.train = replace(cfg.train, steps=steps, warmup_steps=max(1, steps // 20), out_dir=str(out / "instruct" / name))
         cfg.data.n_train, cfg.data.seed, cfg.data.input_scales, cfg.data.questions = p.n_train, p.seed, tuple(scales), p.questions
-        if not _finished(out / "instruct" / name): _done(train_instruct(cfg))
+        if not _finished(out / "instruct" / name): stop_unless_done(train_instruct(cfg))
     for task in INSTRUCT_TASKS:
         n = p.instruct_steps[task]
         with clock.stage(task):
             if task == "understanding":  # first one scale's tokens (a short sequence, many pictures), then all five
                 init = out / "pretrain" / "model"
                 if p.understanding_first:
-                    scales, n1 = p.understanding_first
-                    understanding("understanding_first", n1, scales); init = out / "instruct" / "understanding_first" / "model"
+                    phase = p.understanding_first
+                    understanding("understanding_first", phase.steps, phase.scales); init = out / "instruct" / "understanding_first" / "model"
                 understanding("understanding", n, init=init); continue
             init = out / "instruct" / p.instruct_init[task] / "model" if task in p.instruct_init else out / "pretrain" / "model"
             cfg = instruct_recipe(task, init, enc)
             cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / "instruct" / task))
             cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
-            if not _finished(out / "instruct" / task): _done(train_instruct(cfg))
+            if not _finished(out / "instruct" / task): stop_unless_done(train_instruct(cfg))
     with clock.stage("table5"):
         for i in (4, 3, 2, 1, 0):  # Table 5: understanding from one scale of the picture, and from all five, with equal steps
             understanding(f"understanding_f{i}", p.table5_steps, (i,))
         if p.understanding_first: understanding("understanding_all", p.table5_steps)  # else the understanding model is this one
     steps["table5"] = p.table5_steps
-    first = p.understanding_first and {"scales": list(p.understanding_first[0]), "steps": p.understanding_first[1]}
+    first = p.understanding_first and {"scales": list(p.understanding_first.scales), "steps": p.understanding_first.steps}
     change = {t: json.loads((out / "instruct" / t / "config.json").read_text())["loss"]["change_weight"] for t in INSTRUCT_TASKS if t != "understanding"}
     return {"steps": steps, "understanding_first": first or None, "init": dict(p.instruct_init),
             "change_weight": {t: w for t, w in change.items() if w != 1},  # λ of Eq. 2's changed tokens, where not PUMA's 1
@@ -417,8 +428,7 @@ def figure6(model, tok, enc, # the text-to-image model, its tokenizer, the froze
             seeds=(0, 1, 2), **sample_kw):
     "The paper's Fig. 6: each prompt's f̂4 and f̂3, generated once, decoded with several seeds; and how many different scenes they give."
     from puma_nb.instruct import generate_pyramids
-    from puma_nb.reconstruction import decode_features
-    from puma_nb.decoder import null_features
+    from puma_nb.decoder import decode_features, null_features
     f3, f4 = generate_pyramids(model, tok, enc, items, scale=3)  # [f̂3, f̂4]: coarse scales are generated first
     rows, names, stats = [], [], {}
     for i, f in ((4, f4), (3, f3)):
@@ -583,7 +593,7 @@ def stage_progress(p:Preset, out:Path) -> Callable[[str], float]:
         if stage == "pretrain": return [([out / "pretrain"], p.pretrain_steps)]
         if stage in ("t2i", "edit", "conditional"): return [([ins(stage)], p.instruct_steps[stage])]
         if stage == "understanding":
-            return ([([ins("understanding_first")], p.understanding_first[1])] if p.understanding_first else []) + [
+            return ([([ins("understanding_first")], p.understanding_first.steps)] if p.understanding_first else []) + [
                 ([ins("understanding")], p.instruct_steps["understanding"])]
         if stage == "table5":
             return [([ins(f"understanding_f{i}")], p.table5_steps) for i in (4, 3, 2, 1, 0)] + (
@@ -652,7 +662,7 @@ def _main_job(preset:str, out:Path, clock:JobClock) -> dict:
             fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
     with clock.stage("clip"): pyr = build_encoder(p, out)
     lpips = lpips_metric()
-    rec = build_decoders(p, out, lpips, clock)
+    rec = train_decoders_and_table1(p, out, lpips, clock)
     mllm_info = build_mllms(p, out, clock)
     with clock.stage("evaluation"): ev = evaluate_mllms(p, out, lpips[0])
     (out / "samples" / "index.json").write_text(json.dumps(rec.pop("index") + ev.pop("index"), indent=0))

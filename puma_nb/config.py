@@ -12,7 +12,7 @@ import yaml
 
 # %% auto #0
 __all__ = ['REPORT', 'ConfigError', 'from_dict', 'to_dict', 'parse_override', 'apply_overrides', 'read_yaml', 'load_config',
-           'reported']
+           'load_stage_config', 'reported']
 
 # %% ../nbs/01_config.ipynb #34947207
 class ConfigError(ValueError):
@@ -144,6 +144,18 @@ def load_config(cls:type, # the run's dataclass
     "Load `cls` from a YAML file with command-line overrides, checked and validated."
     d = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(d, list(overrides)))
+
+def load_stage_config(path, # a YAML file that names its stage (`stage: decoder`)
+                      stages:dict, # stage name -> that stage's config dataclass
+                      overrides:list[str]=(), # `key.sub=value` strings
+                     ):
+    "The config of the stage a YAML file names, with overrides, checked and validated; an unknown or missing stage is an error."
+    d = apply_overrides(read_yaml(path), list(overrides))
+    stage = d.get("stage")
+    if stage not in stages:
+        raise ConfigError(f"{path}: unknown stage {stage!r}; expected one of {list(stages)}" if stage is not None
+                          else f"{path}: missing 'stage'; expected one of {list(stages)}")
+    return from_dict(stages[stage], d)
 
 # %% ../nbs/01_config.ipynb #rep0002
 # the repository's reports/toy/report.json, from the library (an editable install) or from a notebook in nbs/

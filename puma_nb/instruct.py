@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 
 from . import toyworld as tw
 from .config import ConfigError, to_dict
-from .decoder import null_features
-from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, MLLMConfig, Text, build_prompt, build_sequence, collate_sequences,
-                          empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, save_mllm, select_scales, unflatten_pyramid)
-from .pretrain import LossConfig, mllm_loss_fn
+from .decoder import decode_features, null_features
+from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, LossConfig, MLLMConfig, Text, build_prompt, build_sequence,
+                          collate_sequences, empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, mllm_loss_fn, save_mllm,
+                          select_scales, unflatten_pyramid)
 from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
-from .reconstruction import decode_features, survival
-from .training import FitResult, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
+from .reconstruction import survival
+from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, should_export, trained_model
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'ANSWER_WORDS', 'CONDITIONAL_SCORE', 'InstructData',
@@ -139,7 +139,7 @@ class InstructDataConfig:
     shards: str = ""                   # real data for t2i: image-text pairs as webdataset shards (img2dataset layout); "" = ShapesWorld
     shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
     max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
-    manifest: str = ""                 # real data for edit / conditional / understanding: a JSONL manifest (`12_data`)
+    manifest: str = ""                 # real data for edit / conditional / understanding: a JSONL manifest (`02a_data`)
     image_size: int = 224              # shards and manifests: the side pictures are resized to (the encoder's input)
 
     def validate(self):
@@ -210,7 +210,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     ds = instruct_data(cfg)
     res = fit(model, instruct_loss_fn(cfg), ds, cfg.train, collate_fn=instruct_collate(enc, tok, cfg.data.input_scales), run_config=to_dict(cfg),
               name=f"instruct {cfg.task}")
-    if exports(res):  # rank 0 of a finished run
+    if should_export(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, mcfg, Path(cfg.train.out_dir) / "model")
     return res
 

@@ -29,8 +29,8 @@ __all__ = ['SPECIAL_TOKENS', 'POSITION_TOKENS', 'SYSTEM_MESSAGE', 'CHAT', 'TOKEN
            'unflatten_pyramid', 'Text', 'Image', 'select_scales', 'scale_index', 'build_sequence', 'collate_sequences',
            'MLLMConfig', 'llama_config', 'image_position_ids', 'PumaLM', 'puma_lm', 'build_mllm', 'empty_like',
            'image_tokens', 'mllm_tokenizer', 'scale_shares', 'parent_features', 'source_places', 'self_feed_inputs',
-           'change_weights', 'puma_loss', 'build_prompt', 'left_pad', 'generate_features', 'generate_text', 'save_mllm',
-           'load_mllm', 't2i_collate']
+           'change_weights', 'puma_loss', 'LossConfig', 'mllm_loss_fn', 'build_prompt', 'left_pad', 'generate_features',
+           'generate_text', 'save_mllm', 'load_mllm', 't2i_collate']
 
 # %% ../nbs/06_mllm.ipynb #a425aea9
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[IMG]", "[/IMG]", "<feat>")
@@ -442,6 +442,28 @@ def puma_loss(model:PumaLM, # or DDP around one (`fit` under torchrun): the forw
         feat = m.output_proj(h[:1, :1]).sum() * 0
         metrics.update({f"mse_f{i}": torch.zeros(()) for i in range(5)})
     return ce_weight * ce + feat, metrics
+
+# %% ../nbs/06_mllm.ipynb #lc0a0002
+@dataclass
+class LossConfig:
+    "Eq. 2's knobs, and what the model reads while it learns them."
+    alpha: tuple[float, ...] = ALPHA        # α_0 … α_4
+    ce_weight: float = 0.02
+    normalize: Literal["weights", "none"] = "weights"
+    self_feed: float = 0.0                  # share of target feature tokens read as the model's own prediction (below); 0 = PUMA
+    self_feed_passes: int = 1               # no-grad passes that make those predictions
+    change_weight: float = 1.0              # what an edit's changed target token weighs against a kept one (below); 1 = PUMA
+
+    def validate(self):
+        if len(self.alpha) != 5: raise ConfigError(f"alpha needs 5 weights (α_0 … α_4), got {len(self.alpha)}")
+        if not 0 <= self.self_feed <= 1: raise ConfigError(f"self_feed is a share of tokens, in [0, 1]; got {self.self_feed}")
+        if self.self_feed_passes < 1: raise ConfigError(f"self_feed_passes needs at least 1 pass, got {self.self_feed_passes}")
+        if self.change_weight <= 0: raise ConfigError(f"change_weight weighs the changed tokens against the kept ones, above 0; got {self.change_weight}")
+
+def mllm_loss_fn(lc:LossConfig):
+    "`loss_fn(model, batch)` for `fit`: Eq. 2, with its parts as metrics."
+    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize, lc.self_feed, lc.self_feed_passes, lc.change_weight)
+
 
 # %% ../nbs/06_mllm.ipynb #88a78861
 TOKENS_UP_TO = {i: sum(SCALES[j] for j in SCALE_ORDER[:SCALE_ORDER.index(i) + 1]) for i in SCALE_ORDER}  # {4: 1, 3: 5, 2: 21, 1: 85, 0: 341}

@@ -13,9 +13,8 @@ import torch
 from . import toyworld as tw
 from .instruct import INSTRUCT_TASKS, answer, generate_pyramids
 from .mllm import Image, Text, build_prompt, flatten_pyramid, generate_text, load_mllm
-from .decoder import null_features
+from .decoder import decode_features, load_decoders, null_features
 from .pyramid import SCALES, load_clip, pyramid, tiny_encoder
-from .reconstruction import decode_features, load_decoders
 
 # %% auto #0
 __all__ = ['Puma', 'text_to_image', 'edit', 'conditional', 'understand', 'ground', 'draw_boxes', 'demo']

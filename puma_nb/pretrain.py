@@ -13,15 +13,15 @@ import torch
 
 from . import toyworld as tw
 from .config import ConfigError, to_dict
-from .mllm import (ALPHA, Image, MLLMConfig, Text, build_mllm, build_prompt, build_sequence, collate_sequences,
-                          flatten_pyramid, empty_like, generate_text, mllm_tokenizer, puma_loss, save_mllm, tiny_tokenizer)
+from .mllm import (ALPHA, Image, LossConfig, MLLMConfig, Text, build_mllm, build_prompt, build_sequence, collate_sequences,
+                          flatten_pyramid, empty_like, generate_text, mllm_loss_fn, mllm_tokenizer, save_mllm, tiny_tokenizer)
 from .pyramid import load_encoder, pyramid
-from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, exports, fit, seed_everything, trained_model
+from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, fit, seed_everything, should_export, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
-           'LossConfig', 'PretrainDataConfig', 'paper_schedule', 'PretrainRunConfig', 'mllm_loss_fn', 'TextLines',
-           'MixedStream', 'pretrain_data', 'train_pretrain', 'caption_scores']
+           'PretrainDataConfig', 'paper_schedule', 'PretrainRunConfig', 'TextLines', 'MixedStream', 'pretrain_data',
+           'train_pretrain', 'caption_scores']
 
 # %% ../nbs/07_pretrain.ipynb #ea8f7040
 SOURCES = ("t2i", "i2t", "text", "grounding")
@@ -78,22 +78,6 @@ def pretrain_collate(enc, tok):
 PROJECTORS = r"^(input_proj|output_proj|image_pos)\."
 
 @dataclass
-class LossConfig:
-    "Eq. 2's knobs, and what the model reads while it learns them."
-    alpha: tuple[float, ...] = ALPHA        # α_0 … α_4
-    ce_weight: float = 0.02
-    normalize: Literal["weights", "none"] = "weights"
-    self_feed: float = 0.0                  # share of target feature tokens read as the model's own prediction (06_mllm); 0 = PUMA
-    self_feed_passes: int = 1               # no-grad passes that make those predictions
-    change_weight: float = 1.0              # what an edit's changed target token weighs against a kept one (06_mllm); 1 = PUMA
-
-    def validate(self):
-        if len(self.alpha) != 5: raise ConfigError(f"alpha needs 5 weights (α_0 … α_4), got {len(self.alpha)}")
-        if not 0 <= self.self_feed <= 1: raise ConfigError(f"self_feed is a share of tokens, in [0, 1]; got {self.self_feed}")
-        if self.self_feed_passes < 1: raise ConfigError(f"self_feed_passes needs at least 1 pass, got {self.self_feed_passes}")
-        if self.change_weight <= 0: raise ConfigError(f"change_weight weighs the changed tokens against the kept ones, above 0; got {self.change_weight}")
-
-@dataclass
 class PretrainDataConfig:
     encoder: str = "runs/clip/model"   # the frozen encoder: a tiny CLIP folder, or `clip-l` / `clip-l:PATH` (PUMA's)
     n_train: int = 50_000              # ShapesWorld scenes
@@ -102,7 +86,7 @@ class PretrainDataConfig:
     shards: str = ""                   # real data: image-text pairs as webdataset shards (img2dataset layout; a brace pattern, list or folder); "" = ShapesWorld
     shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
     max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
-    grounding: str = ""                # shards: a GRIT-style JSONL manifest of phrase boxes (`12_data`); "" = no grounding
+    grounding: str = ""                # shards: a GRIT-style JSONL manifest of phrase boxes (`02a_data`); "" = no grounding
     text: str = ""                     # shards: a JSONL file of {"text": …} lines (The Pile); "" = no text-only sequences
 
 def paper_schedule(steps:int, lr_backbone:float=3e-5, lr_projectors:float=1e-4, **kw) -> TrainConfig:
@@ -118,10 +102,6 @@ class PretrainRunConfig:
     model: MLLMConfig = field(default_factory=MLLMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
-
-def mllm_loss_fn(lc:LossConfig):
-    "`loss_fn(model, batch)` for `fit`: Eq. 2, with its parts as metrics."
-    return lambda model, batch: puma_loss(model, batch, lc.alpha, lc.ce_weight, lc.normalize, lc.self_feed, lc.self_feed_passes, lc.change_weight)
 
 class TextLines(torch.utils.data.Dataset):
     "Text-only pretraining sequences from a JSONL file of `{\"text\": …}` lines, held in memory."
@@ -189,7 +169,7 @@ def train_pretrain(cfg:PretrainRunConfig) -> FitResult:
     model = build_mllm(cfg.model, tok, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
     res = fit(model, mllm_loss_fn(cfg.loss), pretrain_data(cfg.data, enc.image_size), cfg.train,
               collate_fn=pretrain_collate(enc, tok), run_config=to_dict(cfg), name="pretrain")
-    if exports(res):  # rank 0 of a finished run
+    if should_export(res):  # rank 0 of a finished run
         save_mllm(trained_model(res, model, lambda: empty_like(model)), tok, cfg.model, Path(cfg.train.out_dir) / "model")
     return res
 

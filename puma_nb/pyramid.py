@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import ConfigError, to_dict
 from .toyworld import SIZE, ShapesWorld, collate, shape_mask
-from .training import FitResult, TrainConfig, exports, fit, seed_everything, trained_model
+from .training import FitResult, TrainConfig, fit, seed_everything, should_export, trained_model
 
 # %% auto #0
 __all__ = ['SCALES', 'CLIP_L', 'pyramid', 'puma_image', 'clip_preprocess', 'CLIPEncoder', 'uses_quick_gelu', 'check_activation',
@@ -373,7 +373,7 @@ def train_clip(cfg:ClipRunConfig) -> FitResult:
     net = TrainableCLIP(model, cfg.model.image_size)
     res = fit(net, clip_loss_fn(cfg.model, cfg.dense_weight), ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg),
               name="clip", eval_fn=lambda m: retrieval(m.clip, cfg.model, cfg.data.n_test, "test", cfg.data.seed))
-    if exports(res):  # rank 0 of a finished run
+    if should_export(res):  # rank 0 of a finished run
         net = trained_model(res, net, lambda: TrainableCLIP(tiny_clip(cfg.model), cfg.model.image_size))
         save_clip(net.clip, cfg.model, Path(cfg.train.out_dir) / "model")
     return res

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ConfigError
+from .config import ConfigError, load_stage_config
 from .decoder import DecoderRunConfig, build_decoder
 from .instruct import InstructRunConfig
 from .mllm import N_FEATURES, MLLMConfig, PumaLM, llama_config
@@ -19,14 +19,15 @@ from .pretrain import PretrainRunConfig
 from transformers import LlamaForCausalLM
 
 # %% auto #0
-__all__ = ['PEAK_BF16', 'ASSUMED_MFU', 'SEQ_LEN', 'LLAMA3_VOCAB', 'meta_model', 'forward_flops', 'plan', 'markdown_table',
-           'full_configs', 'main']
+__all__ = ['PEAK_BF16', 'ASSUMED_MFU', 'SEQ_LEN', 'LLAMA3_VOCAB', 'PLANNED_STAGES', 'meta_model', 'forward_flops', 'plan',
+           'markdown_table', 'full_configs', 'main']
 
 # %% ../nbs/11_scaling.ipynb #09fa6aa4
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}  # dense bf16 (V100: fp16) FLOP/s per GPU
 ASSUMED_MFU = {"mllm": 0.45, "decoder": 0.35}  # assumed for plain eager steps on an H200; `benchmarks/gpu_*.py` measure ours
 SEQ_LEN = {"pretrain": 416, "t2i": 416, "understanding": 512, "edit": 768, "conditional": 768}  # tokens per MLLM sequence
 LLAMA3_VOCAB = 128_256 + 227   # LLaMA-3's vocabulary and PUMA's tokens ([IMG], [/IMG], <feat>, 224 positions)
+PLANNED_STAGES = {"decoder": DecoderRunConfig, "pretrain": PretrainRunConfig, "instruct": InstructRunConfig}  # the stages a full-scale run costs
 
 def meta_model(cfg, # a stage config: `DecoderRunConfig`, `PretrainRunConfig` or `InstructRunConfig`
                mllm:MLLMConfig|None=None, # instruct: the model of the pretraining it starts from
@@ -89,9 +90,8 @@ def markdown_table(rows:list[dict]) -> str:
                      ["| " + " | ".join(f"{r.get(c, '')}" for c in cols) + " |" for r in rows])
 
 def full_configs(folder="configs/full") -> dict[str, object]:
-    "Every config of `folder`, by file name, resolved and validated."
-    from puma_nb.train import resolve
-    return {p.name: resolve(p)[0] for p in sorted(Path(folder).glob("*.yaml"))}
+    "Every config of `folder`, by file name, read and validated."
+    return {p.name: load_stage_config(p, PLANNED_STAGES) for p in sorted(Path(folder).glob("*.yaml"))}
 
 def main(argv:list[str]|None=None) -> int:
     "`python -m puma_nb.scaling CONFIG … --gpus N`: the plan of each config, as JSON lines."
@@ -102,10 +102,9 @@ def main(argv:list[str]|None=None) -> int:
     ap.add_argument("--mfu", type=float, default=None, help="assumed model FLOP utilisation (default: 0.45 MLLM, 0.35 decoder)")
     ap.add_argument("--pretrain", default="configs/full/pretrain.yaml", help="instruct configs: the pretraining config whose model they tune")
     args = ap.parse_args(argv)
-    from puma_nb.train import resolve
     try:
-        mllm = resolve(args.pretrain)[0].model
-        for c in args.configs: print(json.dumps({"config": c, **plan(resolve(c)[0], args.gpus, args.gpu, args.mfu, mllm)}))
+        mllm = load_stage_config(args.pretrain, PLANNED_STAGES).model
+        for c in args.configs: print(json.dumps({"config": c, **plan(load_stage_config(c, PLANNED_STAGES), args.gpus, args.gpu, args.mfu, mllm)}))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr); return 2
     return 0

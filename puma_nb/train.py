@@ -8,8 +8,9 @@ import argparse, os, sys
 
 import torch.distributed as dist
 
-from .config import ConfigError, apply_overrides, from_dict, read_yaml
-from .training import ProbeRunConfig, Stopped, stop_on_signals, stop_point, train_probe
+from .config import ConfigError, load_stage_config
+from .training import Stopped, stop_on_signals, stop_point
+from .probe import ProbeRunConfig, train_probe
 from .pyramid import ClipRunConfig, train_clip
 from .decoder import DecoderRunConfig, train_decoder
 from .pretrain import PretrainRunConfig, train_pretrain
@@ -31,13 +32,8 @@ def resolve(path, # the YAML config file
             overrides:list[str]=(), # `key.sub=value` strings
            ):
     "Read a stage config file with overrides into `(config, run_function)`, checked before anything runs."
-    d = apply_overrides(read_yaml(path), list(overrides))
-    stage = d.get("stage")
-    if stage not in STAGES:
-        raise ConfigError(f"{path}: unknown stage {stage!r}; expected one of {list(STAGES)}" if stage is not None
-                          else f"{path}: missing 'stage'; expected one of {list(STAGES)}")
-    cls, run = STAGES[stage]
-    return from_dict(cls, d), run
+    cfg = load_stage_config(path, {name: cls for name, (cls, _) in STAGES.items()}, overrides)
+    return cfg, STAGES[cfg.stage][1]
 
 def main(argv:list[str]|None=None) -> int:
     "The command line: `--config FILE [key.sub=value ...]`; stopped by SIGINT or SIGTERM, it saves the step reached, says so in one line and returns 130 or 143."

@@ -20,14 +20,12 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from .config import ConfigError, to_dict
 
 # %% auto #0
-__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'STOP_SIGNALS', 'N_CELL', 'ParamGroup', 'TrainConfig', 'param_groups',
-           'build_optimizer', 'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state',
-           'set_rng_state', 'cpu_bf16', 'resolve_precision', 'micro_seed', 'StepBatches', 'compile_block',
-           'shard_model', 'builds_on_meta', 'place_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_weights', 'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult',
-           'Stopped', 'stop_on_signals', 'stop_point', 'trained_model', 'exports', 'fit', 'ProbeModelConfig',
-           'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe', 'probe_targets', 'probe_loss', 'probe_read',
-           'probe_accuracy', 'train_probe']
+__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'STOP_SIGNALS', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
+           'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'cpu_bf16',
+           'resolve_precision', 'micro_seed', 'StepBatches', 'compile_block', 'shard_model', 'builds_on_meta',
+           'place_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'checkpoint_weights',
+           'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult', 'Stopped',
+           'stop_on_signals', 'stop_point', 'trained_model', 'should_export', 'fit']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -565,13 +563,13 @@ def trained_model(res:FitResult, # what `fit` returned
     fresh.load_state_dict(res.state_dict)
     return fresh
 
-def exports(res:FitResult) -> bool:
+def should_export(res:FitResult) -> bool:
     "Does this process write the stage's model? Rank 0 of a finished run: a stopped or preempted run exports nothing yet."
     return res.status == "done" and ((not dist.is_initialized()) or dist.get_rank() == 0)
 
 def fit(model:nn.Module, # the model; its trainable parameters are optimised
         loss_fn:Callable, # `loss_fn(model, batch) -> loss | (loss, metrics)`, the mean over the micro-batch
-        dataset, # a map-style dataset, or a stream (`IterableDataset` with `set_position`, see `12_data`)
+        dataset, # a map-style dataset, or a stream (`IterableDataset` with `set_position`, see `02a_data`)
         cfg:TrainConfig, # how to optimise
         collate_fn:Callable|None=None, # how to batch items
         run_config:dict|None=None, # the resolved run config, stored with every checkpoint
@@ -686,89 +684,3 @@ def _fit(pre, model, loss_fn, dataset, cfg, collate_fn, run_config, eval_fn, nam
     if d.main and skipped: print(f"{name}: skipped {skipped} corrupt or missing samples in all")
     signum = signum or pre.agreed(d)  # one that came after the last step: the run is done, the job still stops
     return FitResult(step, status, out, last, full, precision, signum or None)
-
-# %% ../nbs/02_training.ipynb #425ee413
-from .toyworld import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Obj, Scene, ShapesWorld, collate
-
-# %% ../nbs/02_training.ipynb #eedf75d1
-@dataclass
-class ProbeModelConfig:
-    width: int = 32         # channels of the first conv layer
-    dropout: float = 0.1
-
-@dataclass
-class ProbeDataConfig:
-    n_train: int = 20_000   # training scenes
-    n_val: int = 500        # held-out scenes for the exact-match accuracy
-    seed: int = 0           # ShapesWorld seed
-
-@dataclass
-class ProbeRunConfig:
-    "`configs/probe.yaml`: the scene probe, trained by the shared loop."
-    stage: Literal["probe"] = "probe"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=20, out_dir="runs/probe"))
-    model: ProbeModelConfig = field(default_factory=ProbeModelConfig)
-    data: ProbeDataConfig = field(default_factory=ProbeDataConfig)
-
-N_CELL = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)  # colour, shape, size classes per cell; class 0 = empty
-
-class SceneProbe(nn.Module):
-    "Three strided convs to an 8×8 map, then a linear read-out: image → background logits and, per cell, colour/shape/size logits (class 0 = empty)."
-    def __init__(self, cfg:ProbeModelConfig=ProbeModelConfig()):
-        super().__init__()
-        w = cfg.width
-        conv = lambda i, o: [nn.Conv2d(i, o, 3, 2, 1), nn.GroupNorm(8, o), nn.GELU()]
-        self.body = nn.Sequential(*conv(3, w), *conv(w, 2 * w), *conv(2 * w, 4 * w), nn.Flatten(),
-                                  nn.Dropout(cfg.dropout))
-        self.head = nn.Linear(4 * w * 64, len(BACKGROUNDS) + 9 * sum(N_CELL))
-    def forward(self, x:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.head(self.body(x * 2 - 1))
-        return z[:, :len(BACKGROUNDS)], z[:, len(BACKGROUNDS):].view(-1, 9, sum(N_CELL))
-
-def probe_targets(scenes:list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    "Background classes (B,) and per-cell (colour, shape, size) classes (B, 9, 3)."
-    bg = torch.tensor([list(BACKGROUNDS).index(s["background"]) for s in scenes])
-    cells = torch.zeros(len(scenes), 9, 3, dtype=torch.long)
-    for i, s in enumerate(scenes):
-        for o in s["objects"]:
-            cells[i, POSITIONS.index(o["position"])] = torch.tensor(
-                [list(COLORS).index(o["color"]) + 1, SHAPES.index(o["shape"]) + 1, list(SIZES).index(o["size"]) + 1])
-    return bg, cells
-
-def probe_loss(model:nn.Module, batch:dict):
-    "Cross-entropy over the background and every cell attribute; returns the loss and the cell accuracy."
-    bg_logits, cell_logits = model(batch["image"])
-    bg, cells = probe_targets(batch["scene"])
-    bg, cells = bg.to(bg_logits.device), cells.to(bg_logits.device)
-    parts = cell_logits.float().split(N_CELL, dim=-1)
-    loss = nn.functional.cross_entropy(bg_logits.float(), bg) + sum(
-        nn.functional.cross_entropy(p.reshape(-1, p.shape[-1]), cells[..., j].reshape(-1)) for j, p in enumerate(parts))
-    acc = torch.stack([(p.argmax(-1) == cells[..., j]) for j, p in enumerate(parts)]).float().mean()
-    return loss, {"cell_acc": acc.detach()}
-
-def probe_read(model:nn.Module, images:torch.Tensor) -> list[Scene]:
-    "The scenes the probe reads from a batch of images."
-    bg_logits, cell_logits = model(images)
-    parts = [p.argmax(-1) for p in cell_logits.split(N_CELL, dim=-1)]
-    out = []
-    for i in range(len(images)):
-        objs = [Obj(SHAPES[parts[1][i, c] - 1], list(COLORS)[parts[0][i, c] - 1], list(SIZES)[parts[2][i, c] - 1], POSITIONS[c])
-                for c in range(9) if parts[0][i, c] > 0 and parts[1][i, c] > 0 and parts[2][i, c] > 0]
-        out.append(Scene(list(BACKGROUNDS)[bg_logits[i].argmax()], tuple(objs)))
-    return out
-
-def probe_accuracy(model:nn.Module, n:int=500, split:str="val", seed:int=0) -> float:
-    "The fraction of held-out scenes the probe reads exactly."
-    ds = ShapesWorld(split, n, "caption", seed)
-    b = collate([ds[i] for i in range(n)])
-    dev = next(model.parameters()).device
-    with torch.no_grad(): read = probe_read(model, b["image"].to(dev))
-    return float(np.mean([r == Scene.from_dict(s) for r, s in zip(read, b["scene"])]))
-
-def train_probe(cfg:ProbeRunConfig) -> FitResult:
-    "The probe stage: build, train with `fit`, and score exact-match accuracy on the val split."
-    seed_everything(cfg.train.seed)
-    model = SceneProbe(cfg.model)
-    ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
-    return fit(model, probe_loss, ds, cfg.train, collate_fn=collate, run_config=to_dict(cfg), name="probe",
-               eval_fn=lambda m: {"val_exact": probe_accuracy(m, cfg.data.n_val, "val", cfg.data.seed)})

@@ -135,7 +135,7 @@ def test_smoke_understanding_models_read_the_scales_the_preset_asks(smoke):
     cfgs = {d: _config(out, d) for d in names}
     assert all(c["data"]["questions"] == P.questions for c in cfgs.values())
     assert [cfgs[f"understanding_f{i}"]["data"]["input_scales"] for i in range(5)] == [[i] for i in range(5)]
-    scales, steps = P.understanding_first
+    scales, steps = P.understanding_first.scales, P.understanding_first.steps
     assert (cfgs["understanding_first"]["data"]["input_scales"], cfgs["understanding_first"]["train"]["steps"]) == (list(scales), steps)
     assert cfgs["understanding"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
     assert cfgs["understanding"]["init"] == str(out / "instruct" / "understanding_first" / "model")
@@ -164,7 +164,7 @@ def test_smoke_report_text_and_figures(smoke):
     out = smoke.out
     text = (out / "REPORT.md").read_text()
     assert "its numbers mean nothing" in "\n".join(text.splitlines()[:4])  # said at the top: a smoke run checks plumbing only
-    assert "first reads only f2 for 1 steps" in text  # the smoke preset's understanding_first, ((2,), 1)
+    assert "first reads only f2 for 1 steps" in text  # the smoke preset's understanding_first, UnderstandingFirst((2,), 1)
     assert "edit weighs each token its edit changes as 4 kept ones" in text and "edit starts from the finished t2i model" in text
     assert "an answer of the asked kind" in text
     assert "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |" in text
@@ -189,6 +189,20 @@ def test_a_preset_whose_models_start_from_a_later_one_is_a_clear_error():
     with pytest.raises(ValueError, match="'understanding' is not an image task"):
         Preset("bad", 10, 10, 10, instruct_init={"understanding": "t2i"})
     assert Preset("plain", 10, 10, 10, instruct_init={}).instruct_init == {}  # every model from the pretraining, as PUMA
+    assert PRESETS["toy"].instruct_init == {"edit": "t2i", "conditional": "t2i"}  # the toy recipe: both from the text-to-image model
+
+
+def test_the_understanding_models_first_phase_is_named_or_none():
+    "Preset.understanding_first: an UnderstandingFirst(scales, steps), or None for PUMA's one phase from the pretraining."
+    from puma_nb.cli import Preset, UnderstandingFirst
+    assert PRESETS["toy"].understanding_first == UnderstandingFirst(scales=(2,), steps=1500)
+    assert Preset("plain", 10, 10, 10, understanding_first=None).understanding_first is None
+    with pytest.raises(TypeError, match="an UnderstandingFirst"):
+        Preset("bad", 10, 10, 10, understanding_first=((2,), 1500))
+    with pytest.raises(ValueError, match="scales among 0"):
+        UnderstandingFirst(scales=(5,))
+    with pytest.raises(ValueError, match="at least 1"):
+        UnderstandingFirst(steps=0)
 
 
 def test_both_presets_have_an_eta_for_every_stage():
@@ -260,7 +274,7 @@ def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():
     assert len(cmds) == 2, cmds
     first, second = (load_config(InstructRunConfig, path, c) for c in cmds)
     p = PRESETS["toy"]
-    scales, n1 = p.understanding_first
+    scales, n1 = p.understanding_first.scales, p.understanding_first.steps
     assert (first.data.input_scales, first.train.steps, first.train.warmup_steps) == (scales, n1, max(1, n1 // 20))
     assert first.data.questions == second.data.questions == p.questions
     assert second.init == first.train.out_dir + "/model" and second.data.input_scales == (4, 3, 2, 1, 0)

@@ -18,8 +18,15 @@ if CHROMIUM is None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "tools/build_docs.py", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    "The site, built once per pytest run: xdist workers share it through a lock (two builds at once would share `_proc/`)."
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"): base = base.parent  # this session's, shared by its workers
+    out = base / "site"
+    with open(base / "site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the one build, then reads it
+        if not (out / "index.html").exists():
+            subprocess.run([sys.executable, "tools/build_docs.py", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
     return out
 
 

@@ -242,7 +242,7 @@ def test_change_weight_weighs_the_tokens_an_edit_changes(tok):
     assert torch.allclose(pp["mse_f0"], e0.mean(), rtol=1e-4)
     assert not torch.allclose(weighted, plain)
     with pytest.raises(Exception, match="change_weight"):
-        from puma_nb.pretrain import LossConfig
+        from puma_nb.mllm import LossConfig
         LossConfig(change_weight=0).validate()
 
 
@@ -336,7 +336,7 @@ def test_self_feed_reads_the_models_own_predictions(tok):
     "Scheduled sampling: fed every target token with enough passes, the model reads exactly what it generates, and Eq. 2 is the free-running error."
     from puma_nb.config import ConfigError
     from puma_nb.mllm import self_feed_inputs
-    from puma_nb.pretrain import LossConfig
+    from puma_nb.mllm import LossConfig
     torch.manual_seed(0)
     m = build_mllm(MLLMConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2, kv_heads=2, image_pos=True, parent_skip=True), tok).eval()
     torch.nn.init.normal_(m.image_pos.weight)

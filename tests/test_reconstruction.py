@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from puma_nb.decoder import DecoderDataConfig, DecoderRunConfig, DiffusionConfig, steps_per_scale
+from puma_nb.decoder import DecoderDataConfig, DecoderRunConfig, DiffusionConfig, load_decoders, steps_per_scale
 from puma_nb.pyramid import SCALES, TinyClipConfig, load_clip, save_clip, tiny_clip, tiny_encoder
-from puma_nb.reconstruction import (ATTRIBUTES, chance_rates, figure3, load_decoders, lpips_distance, lpips_metric, psnr,
-                                    survival_rates, table1, table1_markdown, train_decoders)
+from puma_nb.reconstruction import (ATTRIBUTES, chance_rates, figure3, lpips_distance, lpips_metric, psnr, survival_rates, table1,
+                                    table1_markdown, train_decoders)
 from puma_nb.toyworld import Obj, Scene, ShapesWorld, render, to_tensor
 from puma_nb.training import TrainConfig
 

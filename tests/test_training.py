@@ -8,8 +8,8 @@ import yaml
 
 from puma_nb.config import ConfigError, to_dict
 from puma_nb.train import main as train_main, resolve
-from puma_nb.training import (ProbeDataConfig, ProbeModelConfig, ProbeRunConfig, TrainConfig, checkpoint_weights,
-                              latest_checkpoint, read_metrics, train_probe)
+from puma_nb.probe import ProbeDataConfig, ProbeModelConfig, ProbeRunConfig, train_probe
+from puma_nb.training import TrainConfig, checkpoint_weights, latest_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
