@@ -655,10 +655,10 @@ def _main_job(preset:str, out:Path, clock:JobClock) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     print(f"puma-nb {preset}: writing {out}/")
     with clock.stage("data"):
-        kept = built_data(p, out) is not None
-        stats = build_data(p, out)
+        kept = built_data(p, out)
+        stats = kept if kept is not None else build_data(p, out)
         (out / "DATASET_CARD.md").write_text(dataset_card(p, stats))
-        if not (kept and (out / "gallery.png").exists()):
+        if kept is None or not (out / "gallery.png").exists():
             fig = tw.gallery(4, "test", p.seed); fig.savefig(out / "gallery.png", dpi=90); plt.close(fig)
     with clock.stage("clip"): pyr = build_encoder(p, out)
     lpips = lpips_metric()

@@ -649,13 +649,11 @@ def _fit(pre, model, loss_fn, dataset, cfg, collate_fn, run_config, eval_fn, nam
         lrs = [g["lr"] for g in opt.param_groups]
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         step += 1
-        vec = torch.tensor([*sums.values(), float(n_bad), float(pre.flag)], dtype=torch.float64, device=d.device)
-        if d.world_size > 1:  # every rank stops at the same step: the largest signal any rank received
-            flag = vec[-1:].clone(); dist.all_reduce(vec); dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            vec[:-2] /= d.world_size; vec[-1] = flag
-        window.append(dict(zip(sums, vec[:-2].tolist())))
-        skipped += int(vec[-2])
-        signum = int(vec[-1])
+        vec = torch.tensor([*sums.values(), float(n_bad)], dtype=torch.float64, device=d.device)
+        if d.world_size > 1: dist.all_reduce(vec); vec[:-1] /= d.world_size
+        window.append(dict(zip(sums, vec[:-1].tolist())))
+        skipped += int(vec[-1])
+        signum = pre.agreed(d)  # every rank stops at the same step
         bar.update(1); bar.set_postfix(loss=f"{window[-1]['loss']:.4g}", refresh=False)
         do_eval = eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
         if step % cfg.log_every == 0 or step == stop or signum or do_eval:
