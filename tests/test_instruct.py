@@ -201,26 +201,26 @@ def run_folder(tmp_path_factory):
 
 
 def bench(script, *args) -> dict:
-    "Run benchmarks/<script> as a command and read the JSON of its last line."
+    "Run experiments/<script> as a command and read the JSON of its last line."
     import json, os
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *map(str, args)], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def bench_here(monkeypatch, capsys, script, *args) -> dict:
-    "Run benchmarks/<script> in this process (so that a test can swap in an oracle for a model) and read the JSON of its last line."
+    "Run experiments/<script> in this process (so that a test can swap in an oracle for a model) and read the JSON of its last line."
     import json, runpy
     monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
     monkeypatch.chdir(ROOT)
     capsys.readouterr()
-    runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    runpy.run_path(str(ROOT / "experiments" / script), run_name="__main__")
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_understanding_ablation_script(tmp_path, run_folder, monkeypatch, capsys):
-    "benchmarks/understanding_ablation.py (08_instruct's table): the run it asks for, a second phase, scoring alone; an oracle's answers score 1."
+    "experiments/understanding_ablation.py (08_instruct's table): the run it asks for, a second phase, scoring alone; an oracle's answers score 1."
     import json
     from puma_nb import instruct
     from puma_nb.cli import instruct_recipe
@@ -252,7 +252,7 @@ def test_understanding_ablation_script(tmp_path, run_folder, monkeypatch, capsys
 
 
 def test_understanding_exists_script(run_folder, monkeypatch, capsys):
-    "benchmarks/understanding_exists.py (reports/ablations/understanding_f2_first): the true answers are right in every case, 'no' only where the answer is no."
+    "experiments/understanding_exists.py (reports/ablations/understanding_f2_first): the true answers are right in every case, 'no' only where the answer is no."
     from puma_nb import instruct
     run = run_folder
     monkeypatch.setattr(instruct, "answer", lambda m, t, e, items, **kw: [q["answer"] for q in items])
@@ -271,7 +271,7 @@ class _Oracle:
 
 
 def test_feature_place_probe_script(run_folder, monkeypatch, capsys):
-    "benchmarks/feature_place_probe.py (08_instruct): tokens that are their place are read exactly; tokens all alike, at chance."
+    "experiments/feature_place_probe.py (08_instruct): tokens that are their place are read exactly; tokens all alike, at chance."
     from puma_nb import pyramid as P
     monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(256, lambda im: torch.eye(256)))
     probe = bench_here(monkeypatch, capsys, "feature_place_probe.py", "--clip", run_folder / "clip" / "model", "--train", 20, "--test", 5)
@@ -292,7 +292,7 @@ def _shape_at_centres(im):
 
 
 def test_object_shape_probe_script(run_folder, monkeypatch, capsys):
-    "benchmarks/object_shape_probe.py (04_decoder): tokens that hold the shape are read right; tokens all alike give one shape's share."
+    "experiments/object_shape_probe.py (04_decoder): tokens that hold the shape are read right; tokens all alike give one shape's share."
     from puma_nb import pyramid as P
     monkeypatch.setattr(P, "load_encoder", lambda spec: _Oracle(len(tw.SHAPES), _shape_at_centres))
     shapes = bench_here(monkeypatch, capsys, "object_shape_probe.py", "--clip", run_folder / "clip" / "model", "--train", 40, "--test", 20)
@@ -307,7 +307,7 @@ def test_object_shape_probe_script(run_folder, monkeypatch, capsys):
 
 
 def test_clip_token_shape_trains_each_trial_clip_with_its_loss(tmp_path):
-    "benchmarks/clip_token_shape.py --train (03_pyramid's trials): two steps of each trial loss, the model where the probes read it."
+    "experiments/clip_token_shape.py --train (03_pyramid's trials): two steps of each trial loss, the model where the probes read it."
     for trial in ("recipe", "plain", "hard_negatives"):
         t = bench("clip_token_shape.py", "--train", trial, "--steps", 2, "--out", tmp_path / trial, "--train-n", 40, "--test-n", 10)
         assert t["clip"] == str(tmp_path / trial / "model") and (tmp_path / trial / "model" / "model.safetensors").exists()
@@ -316,7 +316,7 @@ def test_clip_token_shape_trains_each_trial_clip_with_its_loss(tmp_path):
 
 
 def test_decoder_score_script(tmp_path, run_folder, monkeypatch, capsys):
-    "benchmarks/decoder_score.py (04_decoder, 05_reconstruction): a decoder that gives the picture back keeps everything; a blank one, nothing."
+    "experiments/decoder_score.py (04_decoder, 05_reconstruction): a decoder that gives the picture back keeps everything; a blank one, nothing."
     from puma_nb import reconstruction
     from puma_nb.decoder import save_puma_decoder
     save_puma_decoder(build_decoder(1), tmp_path / "dec" / "unet_64")
@@ -334,7 +334,7 @@ def test_decoder_score_script(tmp_path, run_folder, monkeypatch, capsys):
 
 
 def test_decoder_generated_features_script(tmp_path, run_folder, monkeypatch, capsys):
-    "benchmarks/decoder_generated_features.py (04_decoder): models that write the encoder's own pyramid have no error, keep all detail, decode as it does."
+    "experiments/decoder_generated_features.py (04_decoder): models that write the encoder's own pyramid have no error, keep all detail, decode as it does."
     from puma_nb import instruct
     from puma_nb.decoder import save_puma_decoder
     from puma_nb.pyramid import pyramid
@@ -357,7 +357,7 @@ def test_decoder_generated_features_script(tmp_path, run_folder, monkeypatch, ca
 
 
 def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
-    "benchmarks/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`)."
+    "experiments/head_trial.py (the trials of 06_mllm): a pretraining with `self_feed`, a t2i model from it, scored with D_0 only, and a conditional model from that t2i model (`--init`)."
     import json, os
     from puma_nb.decoder import save_puma_decoder
     run, out = tmp_path / "run", tmp_path / "trial"
@@ -365,7 +365,7 @@ def test_head_trial_pretrains_with_self_feed_and_scores_f0_alone(tmp_path):
     save_puma_decoder(build_decoder(0), run / "decoders" / "unet_256")  # D_0 alone: --decoders 1 needs no other
     args = ["--run", run, "--out", out, "--parent-skip", 1, "--image-pos", 1, "--tasks", "t2i", "--pretrain-steps", 2, "--steps", 1,
             "--self-feed", 1, "--self-feed-passes", 2, "--pretrain-self-feed", 0.5, "--pretrain-self-feed-passes", 2, "--decoders", 1, "--n", 4]
-    script = lambda name, *a: subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, a)], capture_output=True, text=True,
+    script = lambda name, *a: subprocess.run([sys.executable, str(ROOT / "experiments" / name), *map(str, a)], capture_output=True, text=True,
                                              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
     r = script("head_trial.py", *args)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -6,7 +6,7 @@ detail; then it decodes, with each decoder folder given, the text-to-image f_0 o
 noise of f̂_0's error, and the generated f̂_0 (and ↑f̂_1), and each task's f̂_i, and scores them with the exact parser.
 The last line is JSON.
 
-    python benchmarks/decoder_generated_features.py --run runs/toy22 --decoders runs/toy22/decoders runs/toy23/decoders
+    python experiments/decoder_generated_features.py --run runs/toy22 --decoders runs/toy22/decoders runs/toy23/decoders
 
 `--scales 0 1 2` picks the decoders scored on each task's f̂_i (DDIM 20, guidance 1, seed 0, as the main job decodes)."""
 import argparse, json

@@ -5,11 +5,11 @@ as the main job does (100 held-out examples, two seeds, DDIM 20, guidance 1). Th
 `change_weight`, `t2i_steps` and `edit_from_t2i` in `reports/ablations/` come from this script (and `source_skip`'s, from
 its version at commit 4438011, before that option was removed).
 
-    python benchmarks/head_trial.py --run runs/toy --out runs/ps0 --parent-skip 0 --image-pos 0
-    python benchmarks/head_trial.py --run runs/toy --out runs/ps2 --parent-skip 1 --image-pos 1 --tasks t2i,edit
-    python benchmarks/head_trial.py --run runs/toy --out runs/a1 --parent-skip 1 --image-pos 1 --tasks edit --alpha 1,1,1,1,1
-    python benchmarks/head_trial.py --run runs/toy --out runs/sf5 --parent-skip 1 --image-pos 1 --tasks edit,t2i --self-feed 0.5
-    python benchmarks/head_trial.py --run runs/toy --out runs/x2t --init runs/toy/instruct/t2i/model --parent-skip 1 --image-pos 1 \
+    python experiments/head_trial.py --run runs/toy --out runs/ps0 --parent-skip 0 --image-pos 0
+    python experiments/head_trial.py --run runs/toy --out runs/ps2 --parent-skip 1 --image-pos 1 --tasks t2i,edit
+    python experiments/head_trial.py --run runs/toy --out runs/a1 --parent-skip 1 --image-pos 1 --tasks edit --alpha 1,1,1,1,1
+    python experiments/head_trial.py --run runs/toy --out runs/sf5 --parent-skip 1 --image-pos 1 --tasks edit,t2i --self-feed 0.5
+    python experiments/head_trial.py --run runs/toy --out runs/x2t --init runs/toy/instruct/t2i/model --parent-skip 1 --image-pos 1 \
         --self-feed 1 --self-feed-passes 2 --decoders 1 --tasks conditional,edit   # reports/ablations/edit_from_t2i
 
 Needs a `puma-nb toy` run folder (`clip/model`, `decoders`); hard-link its `pretrain` into `--out` to start from its

@@ -3,7 +3,7 @@ each with the exact parser (D_0 of a run folder, DDIM 20, guidance 1, as the mai
 token the encoder's: Eq. 2 as trained), after 1 and 2 `self_feed` passes (earlier tokens the model's own, 1 or 2 deep:
 what `self_feed` trains on), and free-running (generation). 100 held-out captions, one seed.
 
-    python benchmarks/t2i_forced_shape.py --clip runs/toy/clip/model --decoder runs/toy/decoders/unet_256 --model runs/toy/instruct/t2i/model
+    python experiments/t2i_forced_shape.py --clip runs/toy/clip/model --decoder runs/toy/decoders/unet_256 --model runs/toy/instruct/t2i/model
 """
 import argparse, json
 import numpy as np

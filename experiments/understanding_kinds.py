@@ -4,7 +4,7 @@ questions and print, per model, the accuracy and `well_formed` (the share of ans
 number for "how many …?", yes or no for "is there …?"), overall and per kind. The table in 08_instruct ("Many wrong
 answers are not of the asked kind") comes from this script.
 
-    python benchmarks/understanding_kinds.py --run runs/toy17 [--n 500]
+    python experiments/understanding_kinds.py --run runs/toy17 [--n 500]
 
 Prints one JSON line per model."""
 import argparse, json

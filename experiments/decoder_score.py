@@ -1,7 +1,7 @@
 """Score one trained decoder D_i on held-out pictures: D_i(f_i(x)) decoded (DDIM 20 by default), then read back by the exact
 ShapesWorld parser. Cited in 04_decoder for the D_0 variants (architecture and steps).
 
-    python benchmarks/decoder_score.py --decoders runs/toy/decoders [--scale 0] [--clip runs/toy/clip/model] [--n 200]
+    python experiments/decoder_score.py --decoders runs/toy/decoders [--scale 0] [--clip runs/toy/clip/model] [--n 200]
         [--steps 20] [--guidance 1] [--scheduler ddim]
 
 `--decoders` is a folder holding `unet_<n>` (the main job's `decoders/`, or a decoder run's out_dir).

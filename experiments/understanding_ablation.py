@@ -2,9 +2,9 @@
 scales, learning rate and batch size, each scored on the same held-out ShapesWorld questions. reports/ablations/questions
 comes from this script.
 
-    python benchmarks/understanding_ablation.py --run runs/toy --questions 8 --steps 1500 --scales 1 --out runs/ablation/q8_f1
-    python benchmarks/understanding_ablation.py --run runs/toy --questions 1 --steps 2625 --scales 1 --out runs/ablation/q1_f1_long
-    python benchmarks/understanding_ablation.py --run runs/toy --questions 8 --steps 150 --init runs/ablation/q8_f1/model --out runs/ablation/q8_f1_then_all
+    python experiments/understanding_ablation.py --run runs/toy --questions 8 --steps 1500 --scales 1 --out runs/ablation/q8_f1
+    python experiments/understanding_ablation.py --run runs/toy --questions 1 --steps 2625 --scales 1 --out runs/ablation/q1_f1_long
+    python experiments/understanding_ablation.py --run runs/toy --questions 8 --steps 150 --init runs/ablation/q8_f1/model --out runs/ablation/q8_f1_then_all
 
 `--init` starts from another model instead of the run's pretrained one (a second phase, on other input scales);
 with `--steps 0` the model of `--init` is only scored, reading the pictures at `--scales`.

@@ -5,7 +5,7 @@ true earlier target tokens as inputs, as in training) and free-running (its own 
 Copying the source scores ~0 on the kept tokens, so a model that has learnt the copy should too. Reads models with
 `parent_skip`. The records `image_stride`, `self_feed` and `source_skip` in `reports/ablations/` cite it.
 
-    python benchmarks/edit_copy_error.py --encoder runs/toy/clip/model --model runs/toy/instruct/edit/model [--model …] [--n 40]
+    python experiments/edit_copy_error.py --encoder runs/toy/clip/model --model runs/toy/instruct/edit/model [--model …] [--n 40]
 
 Each model is read with its own `image_stride` (from its folder). Prints one JSON line per model, then one for copying the source."""
 import argparse, json

@@ -2,8 +2,8 @@
 into those whose answer is *yes*, *no* because no object has that colour, and *no* because the object of that colour has
 another shape; prints JSON with [right, of] for each. reports/ablations/understanding_f2_first comes from this script.
 
-    python benchmarks/understanding_exists.py --run runs/pre22 --model runs/abl/f2_then_all300/model
-    python benchmarks/understanding_exists.py --run runs/pre22 --model runs/abl/f2_1500/model --scales 2
+    python experiments/understanding_exists.py --run runs/pre22 --model runs/abl/f2_then_all300/model
+    python experiments/understanding_exists.py --run runs/pre22 --model runs/abl/f2_1500/model --scales 2
 
 The questions are the first `--n` of this kind among the first 2000 held-out understanding examples (seed 0)."""
 import argparse, json

@@ -3,8 +3,8 @@ the source's and the target's tokens, per edit kind, against the spread of the t
 encoder's tokens were local, an edit of one object would change only the tokens over it, and copying the source would be
 a strong start for the target; cited in 08_instruct.
 
-    python benchmarks/edit_feature_change.py --clip runs/toy/clip/model [--clip runs/clip_pool/tok/model] [--n 300] [--scale 0]
-    python benchmarks/edit_feature_change.py --clip runs/toy/clip/model --layer 1   # the tokens after the tower's first block
+    python experiments/edit_feature_change.py --clip runs/toy/clip/model [--clip runs/clip_pool/tok/model] [--n 300] [--scale 0]
+    python experiments/edit_feature_change.py --clip runs/toy/clip/model --layer 1   # the tokens after the tower's first block
 
 Prints JSON per encoder: per kind, the copy-the-source MSE, the median token's, and the share of tokens whose change is
 more than a tenth of the tokens' variance; and the MSE of predicting every token as the targets' mean token (that variance)."""

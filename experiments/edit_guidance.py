@@ -5,7 +5,7 @@ empty instruction (`--mode instr`, as InstructPix2Pix's text guidance, but with 
 source picture's own token at that place (`--mode source`). Both branches read the same guided tokens back. w = 1 is the
 model's own generation. Scored as Table 3 (whole scene right, by the parser) at f0 and f1, DDIM 20, guidance 1 in the decoders.
 
-    python benchmarks/edit_guidance.py --run runs/toy --model runs/toy/instruct/edit/model --mode instr --w 1,1.5,2,3 --n 200
+    python experiments/edit_guidance.py --run runs/toy --model runs/toy/instruct/edit/model --mode instr --w 1,1.5,2,3 --n 200
 
 Prints one JSON line per w."""
 import argparse, json, time

@@ -2,7 +2,7 @@
 (6×6 tokens, flattened) to its shape, fitted on training pictures and scored on held-out ones, split by size.
 Cited in 04_decoder: small circles and squares that D_0 confuses are told apart by the features.
 
-    python benchmarks/object_shape_probe.py [--clip runs/toy/clip/model] [--train 3000] [--test 500]
+    python experiments/object_shape_probe.py [--clip runs/toy/clip/model] [--train 3000] [--test 500]
 
 Prints JSON: shape accuracy over all objects, small ones and large ones, with chance."""
 import argparse, json

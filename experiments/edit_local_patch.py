@@ -2,9 +2,9 @@
 tokens pasted only over the pixels the edit changed (the 4×4-pixel patches that differ, optionally dilated by whole tokens),
 decode it with D_0 and ask the exact parser whether the picture is the target scene. Against it: the target's own f0 (the
 ceiling) and the source's (the copy). If the pasted f0 decodes as well as the target's, an edit needs only the changed tokens
-right, however much an encoder with global attention changes the others (benchmarks/edit_feature_change.py). Cited in 03_pyramid.
+right, however much an encoder with global attention changes the others (experiments/edit_feature_change.py). Cited in 03_pyramid.
 
-    python benchmarks/edit_local_patch.py --run runs/toy [--n 200] [--dilate 0,1]
+    python experiments/edit_local_patch.py --run runs/toy [--n 200] [--dilate 0,1]
 
 `--run` is a main-job folder (its clip/model and decoders/unet_256). Prints one JSON line per f0: the share of tokens pasted,
 edit success, and success per edit kind."""

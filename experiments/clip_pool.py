@@ -4,8 +4,8 @@ Trains one tiny CLIP per choice with the recipe of configs/clip_tiny.yaml (same 
 caption retrieval among the held-out captions and `probe_scales`: what a ridge probe reads from each scale's tokens
 (background, the colour in each cell, the set of colours present). Cited in 03_pyramid.
 
-    python benchmarks/clip_pool.py [--steps 400] [--out runs/clip_pool]            # pool avg vs tok, both global
-    python benchmarks/clip_pool.py --pools avg --windows 0,1                       # global vs windowed attention
+    python experiments/clip_pool.py [--steps 400] [--out runs/clip_pool]            # pool avg vs tok, both global
+    python experiments/clip_pool.py --pools avg --windows 0,1                       # global vs windowed attention
 
 About two minutes per CLIP on a 2-core CPU. Prints one JSON line per choice."""
 import argparse, json

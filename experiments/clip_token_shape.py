@@ -4,8 +4,8 @@ arrangement. For a tiny CLIP, on held-out pictures: a ridge probe from the singl
 its shape (f0, f1, f2), and how often the CLIP's image embedding prefers the true caption to the same caption with one
 object's shape (colour, size, position) changed, as `toyworld.sample_edit` changes it. Cited in 03_pyramid and 08_instruct.
 
-    python benchmarks/clip_token_shape.py --clip runs/toy/clip/model
-    python benchmarks/clip_token_shape.py --train plain --out runs/clip_plain    # a trial CLIP, then the same probes
+    python experiments/clip_token_shape.py --clip runs/toy/clip/model
+    python experiments/clip_token_shape.py --train plain --out runs/clip_plain    # a trial CLIP, then the same probes
 
 `--train` trains a tiny CLIP by configs/clip_tiny.yaml (the caption loss and the token loss L_dense, 03_pyramid) with one change:
 - `recipe`: none;

@@ -2,7 +2,7 @@
 on the grid, fitted on training pictures and scored on held-out ones, for f0 (16×16) and f1 (8×8) of a tiny CLIP.
 Cited in 08_instruct: the features carry their place, so the MLLM's failure on position questions is not the encoder's.
 
-    python benchmarks/feature_place_probe.py [--clip runs/toy/clip/model] [--train 3000] [--test 500]
+    python experiments/feature_place_probe.py [--clip runs/toy/clip/model] [--train 3000] [--test 500]
 
 Prints JSON per scale: exact place, place within one grid cell, and exact place over objects / over background."""
 import argparse, json

@@ -3,7 +3,7 @@ latent (16×16×48, `PatchSpace`) from the f0 grid (16×16×C) with MSE, no diff
 scored like a decoding (PSNR_r and the parser's survival rates). Cited in 04_decoder: a per-token MLP reads every shape,
 a per-token linear map does not, which is why the tiny decoders read f_i with an MLP.
 
-    python benchmarks/patch_regression_probe.py [--clip runs/toy/clip/model] [--readers linear,mlp,conv] [--steps 1500]
+    python experiments/patch_regression_probe.py [--clip runs/toy/clip/model] [--readers linear,mlp,conv] [--steps 1500]
 
 Readers: `linear` (one Linear per token, the tiny decoders' map before), `mlp` (Linear 256, SiLU, Linear: per token),
 `conv` (3×3 conv 128, SiLU, 3×3 conv 128, SiLU, 1×1: each token with its neighbours). Prints one JSON line per reader."""
