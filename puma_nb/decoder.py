@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,9 +27,7 @@ from .pyramid import SCALES
 __all__ = ['SDXL_UNET', 'SDXL_SCHEDULER', 'SCHEDULERS', 'PUMA_KEYS', 'PUMA_MAPPING', 'OUR_KEYS', 'STEP_RATIO', 'PatchSpace',
            'VAESpace', 'Decoder', 'DecoderConfig', 'tiny_unet', 'build_decoder', 'null_features', 'decoder_loss',
            'make_scheduler', 'sample', 'save_puma_decoder', 'decoder_weight_files', 'load_puma_decoder',
-           'load_decoders', 'decode_features', 'steps_per_scale', 'upsample_tokens', 'DiffusionConfig',
-           'DecoderDataConfig', 'DecoderRunConfig', 'decoder_loss_fn', 'init_from', 'latent_space', 'init_from_sdxl',
-           'plain_folder', 'train_decoder']
+           'load_decoders', 'decode_features', 'steps_per_scale', 'upsample_tokens']
 
 # %% ../nbs/04_decoder.ipynb #36e29882
 class PatchSpace(nn.Module):
@@ -349,157 +347,3 @@ def upsample_tokens(f:torch.Tensor, # `(B, n, C)`: a square grid of tokens, flat
     if s * s != n: raise ValueError(f"{n} tokens are not a square grid")
     g = f.reshape(B, s, s, C).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
     return g.reshape(B, 4 * n, C)
-
-# %% ../nbs/04_decoder.ipynb #084ea552
-from .config import to_dict
-from .pyramid import load_encoder, pyramid
-from .toyworld import ShapesWorld, collate
-from .training import FitResult, TrainConfig, _barrier, builds_on_meta, fit, seed_everything, should_export, trained_model
-
-# %% ../nbs/04_decoder.ipynb #e27bf7a6
-@dataclass
-class DiffusionConfig:
-    "The noise schedule and the A.1 training tricks."
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"  # SDXL: epsilon
-    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"  # SDXL: scaled_linear
-    beta_end: float = 0.012
-    p_null: float = 0.1          # null-condition dropout, for classifier-free guidance
-    noise_offset: float = 0.1
-    clip_sample: bool = False    # sampling: clamp the predicted clean latent to [-1, 1] (SDXL: False)
-    reader_weight: float = 0.0   # tiny decoders: λ of the reader's own x0 loss (`decoder_loss`); 0 = A.1's loss alone
-    reader_scales: tuple[int, ...] = (0,)  # the scales whose D_i use it: a coarse token cannot say what each cell holds
-
-    def scheduler_config(self) -> dict:
-        return {"prediction_type": self.prediction_type, "beta_schedule": self.beta_schedule, "beta_end": self.beta_end,
-                "clip_sample": self.clip_sample}
-
-@dataclass
-class DecoderDataConfig:
-    encoder: str = "runs/clip/model"   # a tiny CLIP folder (`save_clip`), or `clip-l` / `clip-l:PATH` (PUMA's)
-    n_train: int = 50_000              # ShapesWorld scenes
-    seed: int = 0
-    shards: str = ""                   # real data: webdataset shards (img2dataset layout; a brace pattern, list or folder); "" = ShapesWorld
-    shuffle_buffer: int = 1000         # shards: samples in the shuffle buffer
-    max_bad_rate: float = 0.01         # shards: stop with a clear error when more than this fraction cannot be decoded
-
-@dataclass
-class DecoderRunConfig:
-    "`configs/decoder_tiny.yaml`: one decoder D_i."
-    stage: Literal["decoder"] = "decoder"
-    scale: int = 0                      # i: D_i conditions on f_i
-    export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)
-    init: str = ""                      # a `unet_<n>` folder to start from, or `sdxl` (model.sdxl's UNet, as PUMA starts every D_i); "" = random
-    init_skip: bool = True              # with a `unet_<n>` init: copy its skip too; False starts the skip at zero
-    reader_steps: int = 0               # with the reader loss on: only the last `reader_steps` of train.steps use it (see `train_decoder`)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=16, lr=8e-5, schedule="linear",
-                                                                   grad_clip=1.0, out_dir="runs/decoders/f0"))
-    model: DecoderConfig = field(default_factory=DecoderConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    data: DecoderDataConfig = field(default_factory=DecoderDataConfig)
-
-    @property
-    def reader_weight(self) -> float:
-        "The reader loss's λ for this run's scale: `diffusion.reader_weight` where `reader_scales` holds the scale, else 0."
-        return self.diffusion.reader_weight if self.scale in self.diffusion.reader_scales else 0.0
-
-    def validate(self):
-        if not 0 <= self.scale < len(SCALES): raise ConfigError(f"scale must be 0 to 4, got {self.scale}")
-        if self.diffusion.reader_weight < 0: raise ConfigError(f"diffusion.reader_weight must be ≥ 0, got {self.diffusion.reader_weight}")
-        if self.reader_weight and not (self.model.spatial and self.model.spatial_skip):
-            raise ConfigError("diffusion.reader_weight needs model.spatial_skip and a spatial_dim > 0 (the reader's guess it regresses)")
-        if not set(self.diffusion.reader_scales) <= set(range(len(SCALES))):
-            raise ConfigError(f"diffusion.reader_scales must be scales 0 to 4, got {tuple(self.diffusion.reader_scales)}")
-        if self.reader_steps < 0 or (self.reader_weight and self.reader_steps >= self.train.steps):
-            raise ConfigError(f"reader_steps must be ≥ 0 and, with the reader loss on, fewer than train.steps ({self.train.steps}); "
-                              f"got {self.reader_steps}")
-        if self.reader_weight and self.diffusion.prediction_type != "sample":
-            raise ConfigError(f"diffusion.reader_weight regresses the reader's guess onto z0, so the UNet must predict z0 too: "
-                              f"set diffusion.prediction_type to 'sample' (got {self.diffusion.prediction_type!r})")
-
-def decoder_loss_fn(enc, space:PatchSpace, f_null:torch.Tensor, scale:int, diff:DiffusionConfig, reader_weight:float=0.0):
-    "`loss_fn(model, batch)` for `fit`: features from the frozen encoder, latents from the frozen space, A.1's loss."
-    sch = make_scheduler("ddpm", **diff.scheduler_config())
-    def loss_fn(model, batch):
-        x = batch["image"]
-        x_enc = batch.get("clip_image", x)  # real data: the encoder's own 224-px input, resized as the MLLM's (`PairItem`)
-        with torch.no_grad():
-            fs, z0 = pyramid(enc.to(x.device)(x_enc.to(x.device))), space.to(x.device).encode(x)
-        return decoder_loss(model, z0, fs[scale], f_null.to(x.device), sch, diff.p_null, diff.noise_offset, reader_weight=reader_weight)
-    return loss_fn
-
-def init_from(dec:Decoder, src:Decoder,
-              skip:bool=True, # also copy the skip (`spatial_out`); False leaves `dec`'s own (a fresh decoder's is zero)
-             ) -> list[str]:
-    "Copy `src`'s weights into `dec` (another scale's decoder of the same shape); returns the keys left as they were."
-    own, theirs = dec.state_dict(), src.state_dict()
-    bad = [k for k in own if k in theirs and own[k].shape != theirs[k].shape and not k.startswith("embed_img_pos")]
-    if bad or not set(own) & set(theirs):
-        raise ConfigError(f"init: the decoder to start from has another shape (first mismatches: {bad[:3]}); "
-                          "it must share model.* with this one")
-    keep = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape and (skip or not k.startswith("spatial_out."))}
-    dec.load_state_dict(keep, strict=False)
-    return sorted(set(own) - set(keep))
-
-def _sdxl_part(cls, name:str, part:str):
-    try: return cls.from_pretrained(name, subfolder=part)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"model.sdxl {name!r} has no {part!r} here (no hub access?): download SDXL base and give its "
-                                "local folder") from e
-
-def latent_space(cfg:DecoderConfig) -> nn.Module:
-    "Where the decoder diffuses: the tiny decoders' patches, or SDXL's frozen VAE latents (`model.sdxl`'s `vae`)."
-    if cfg.kind == "tiny": return PatchSpace(cfg.patch)
-    from diffusers import AutoencoderKL
-    return VAESpace(_sdxl_part(AutoencoderKL, cfg.sdxl, "vae"))
-
-def init_from_sdxl(dec:Decoder, name:str) -> list[str]:
-    "Start D_i's UNet from SDXL base's (PUMA's start for all five decoders), less its added conditions; returns the keys not found."
-    src = _sdxl_part(UNet2DConditionModel, name, "unet").state_dict()
-    own = dec.unet.state_dict()
-    bad = [k for k in own if k in src and own[k].shape != src[k].shape]
-    if bad: raise ConfigError(f"init: sdxl: {name}'s UNet has another shape than model.* (first mismatches: {bad[:3]})")
-    dec.unet.load_state_dict({k: v for k, v in src.items() if k in own}, strict=False)
-    return sorted(set(own) - set(src))
-
-def plain_folder(cfg:DecoderRunConfig) -> Path:
-    "Where a decoder with `reader_steps` exports itself before them: `<out_dir>/plain/unet_<n>` (the chain starts from it)."
-    return Path(cfg.train.out_dir) / "plain" / f"unet_{SCALES[cfg.scale]}"
-
-def train_decoder(cfg:DecoderRunConfig) -> FitResult:
-    "The decoder stage: train D_i with `fit`, then save it in PUMA's layout as `<out_dir>/unet_<n>`."
-    if cfg.reader_weight and cfg.reader_steps:  # two runs: A.1's loss alone, then the last steps with the reader loss as well
-        plain, rest = plain_folder(cfg), cfg.train.steps - cfg.reader_steps
-        if not (plain / "config.json").exists():
-            res = train_decoder(replace(cfg, reader_steps=0, export_dir=str(plain.parent),
-                                        diffusion=replace(cfg.diffusion, reader_weight=0.0),
-                                        train=replace(cfg.train, steps=rest, out_dir=str(plain.parent))))
-            if res.status != "done": return res
-        _barrier()  # every rank reads what rank 0 exported
-        # the last steps start at the lr a linear decay over all train.steps would have reached, and decay to 0 (no new warm-up:
-        # restarting at the full lr cost D0 1.5 dB and some colours)
-        cfg = replace(cfg, reader_steps=0, init=str(plain), init_skip=True,
-                      train=replace(cfg.train, steps=cfg.reader_steps, lr=cfg.train.lr * cfg.reader_steps / cfg.train.steps, warmup_steps=0))
-    enc = load_encoder(cfg.data.encoder)
-    if enc.width != cfg.model.feature_dim:
-        raise ConfigError(f"model.feature_dim is {cfg.model.feature_dim} but the encoder in {cfg.data.encoder} gives {enc.width}-wide features")
-    seed_everything(cfg.train.seed)
-    if builds_on_meta(cfg.train):  # under FSDP only rank 0 builds the weights (and reads SDXL's); it sends each rank its shards
-        with torch.device("meta"): dec = build_decoder(cfg.scale, cfg.model)
-    else:
-        dec = build_decoder(cfg.scale, cfg.model)
-        if cfg.init == "sdxl": init_from_sdxl(dec, cfg.model.sdxl)
-        elif cfg.init: init_from(dec, load_puma_decoder(cfg.init), skip=cfg.init_skip)
-    dec.scheduler_config = cfg.diffusion.scheduler_config()  # saved with the weights: sampling needs the same schedule
-    if cfg.data.shards:  # pictures (and captions) streamed from shards, resized to the decoder's side
-        from puma_nb.data import PairItem, ShardStream
-        ds = ShardStream(cfg.data.shards, PairItem(cfg.model.image_size, cfg.data.seed, clip_size=enc.image_size), cfg.data.seed, cfg.data.shuffle_buffer,
-                         max_bad_rate=cfg.data.max_bad_rate)
-    else: ds = ShapesWorld("train", cfg.data.n_train, "caption", cfg.data.seed)
-    f_null = null_features(enc, cfg.scale, enc.image_size)
-    res = fit(dec, decoder_loss_fn(enc, latent_space(cfg.model), f_null, cfg.scale, cfg.diffusion, cfg.reader_weight), ds, cfg.train,
-              collate_fn=collate, run_config=to_dict(cfg), name=f"D{cfg.scale}")
-    if should_export(res):  # rank 0 of a finished run
-        dec = trained_model(res, dec, lambda: build_decoder(cfg.scale, cfg.model))  # FSDP: the gathered weights
-        dec.scheduler_config = cfg.diffusion.scheduler_config()
-        save_puma_decoder(dec, Path(cfg.export_dir or cfg.train.out_dir) / f"unet_{SCALES[cfg.scale]}")
-    return res

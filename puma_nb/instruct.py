@@ -15,12 +15,15 @@ from tqdm.auto import tqdm
 from . import toyworld as tw
 from .config import ConfigError, to_dict
 from .decoder import decode_features, null_features
-from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, LossConfig, MLLMConfig, Text, build_prompt, build_sequence,
-                          collate_sequences, empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, mllm_loss_fn, save_mllm,
+from .mllm import (CHAT, SCALE_ORDER, SYSTEM_MESSAGE, Image, MLLMConfig, Text, build_prompt, build_sequence,
+                          collate_sequences, empty_like, flatten_pyramid, generate_features, generate_text, load_mllm, save_mllm,
                           select_scales, unflatten_pyramid)
+from .mllm_loss import LossConfig, mllm_loss_fn
+from .parser import parse
 from .pyramid import load_clip, load_encoder, pyramid, tiny_encoder
 from .reconstruction import survival
-from .training import FitResult, TrainConfig, builds_on_meta, fit, seed_everything, should_export, trained_model
+from .runtime import seed_everything
+from .training import FitResult, TrainConfig, builds_on_meta, fit, should_export, trained_model
 
 # %% auto #0
 __all__ = ['INSTRUCT_TASKS', 'IMAGE_KEYS', 'PAPER_INSTRUCT', 'MANIFEST_KIND', 'ANSWER_WORDS', 'CONDITIONAL_SCORE', 'InstructData',
@@ -188,7 +191,7 @@ def instruct_data(cfg:InstructRunConfig):
         from puma_nb.data import ShardStream
         return ShardStream(d.shards, T2IPair(d.image_size, d.seed), d.seed, d.shuffle_buffer, max_bad_rate=d.max_bad_rate)
     if d.manifest:
-        from puma_nb.data import read_manifest
+        from puma_nb.manifests import read_manifest
         return read_manifest(d.manifest, MANIFEST_KIND[cfg.task], d.image_size, seed=d.seed, p_instruction=d.p_instruction)
     return InstructData(cfg.task, d.n_train, "train", d.seed, d.p_instruction, d.questions)
 
@@ -254,7 +257,7 @@ def answer(model, tok, enc, items:list[dict], batch_size:int=50, max_new_tokens:
 # %% ../nbs/08_instruct.ipynb #5352b878
 def scene_survival(items:list[dict], images:torch.Tensor) -> list[dict[str, bool]]:
     "Per picture: which attributes of its intended scene it keeps (and whether it is the whole scene)."
-    return [survival(tw.Scene.from_dict(it["scene"]), tw.parse(tw.to_image(im)).scene) for it, im in zip(items, images)]
+    return [survival(tw.Scene.from_dict(it["scene"]), parse(tw.to_image(im)).scene) for it, im in zip(items, images)]
 
 def scene_scores(items:list[dict], images:torch.Tensor) -> dict[str, float]:
     "The fraction of pictures that keep each attribute of their intended scene (and the whole scene)."
@@ -264,7 +267,7 @@ def scene_scores(items:list[dict], images:torch.Tensor) -> dict[str, float]:
 def inpaint_restored(item:dict, image:torch.Tensor) -> bool:
     "Is the object under an inpainting example's mask back, exactly (shape, colour, size, cell)?"
     o = next(o for o in tw.Scene.from_dict(item["scene"]).objects if o.position == item["masked"])
-    return o in tw.parse(tw.to_image(image)).scene.objects
+    return o in parse(tw.to_image(image)).scene.objects
 
 ANSWER_WORDS = {"color": tuple(tw.COLORS), "shape": tw.SHAPES, "size": tuple(tw.SIZES), "position": tw.POSITIONS,
                 "count": tw.NUMBERS, "background": tuple(tw.BACKGROUNDS), "exists": ("yes", "no")}  # every answer a ShapesWorld question kind can have

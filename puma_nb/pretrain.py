@@ -13,10 +13,12 @@ import torch
 
 from . import toyworld as tw
 from .config import ConfigError, to_dict
-from .mllm import (ALPHA, Image, LossConfig, MLLMConfig, Text, build_mllm, build_prompt, build_sequence, collate_sequences,
-                          flatten_pyramid, empty_like, generate_text, mllm_loss_fn, mllm_tokenizer, save_mllm, tiny_tokenizer)
+from .mllm import (Image, MLLMConfig, Text, build_mllm, build_prompt, build_sequence, collate_sequences, empty_like,
+                          flatten_pyramid, generate_text, mllm_tokenizer, save_mllm, tiny_tokenizer)
+from .mllm_loss import ALPHA, LossConfig, mllm_loss_fn
 from .pyramid import load_encoder, pyramid
-from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, fit, seed_everything, should_export, trained_model
+from .runtime import seed_everything
+from .training import FitResult, ParamGroup, TrainConfig, builds_on_meta, fit, should_export, trained_model
 
 # %% auto #0
 __all__ = ['SOURCES', 'PROJECTORS', 'MixtureConfig', 'PretrainMix', 'box_text', 'pretrain_sequence', 'pretrain_collate',
@@ -153,7 +155,8 @@ def pretrain_data(cfg:PretrainDataConfig, image_size:int):
     if not cfg.shards:
         if cfg.grounding or cfg.text: raise ConfigError("data.grounding and data.text join the real mixture: give data.shards too")
         return PretrainMix(cfg.n_train, cfg.mixture, "train", cfg.seed)
-    from puma_nb.data import PairItem, ShardStream, read_manifest
+    from puma_nb.data import PairItem, ShardStream
+    from puma_nb.manifests import read_manifest
     pairs = ShardStream(cfg.shards, PairItem(image_size, cfg.seed), cfg.seed, cfg.shuffle_buffer, max_bad_rate=cfg.max_bad_rate)
     others = {}
     if cfg.grounding: others["grounding"] = read_manifest(cfg.grounding, "grit", image_size, seed=cfg.seed)

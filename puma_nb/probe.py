@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .config import to_dict
+from .runtime import seed_everything
 from .toyworld import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Obj, Scene, ShapesWorld, collate
-from .training import FitResult, TrainConfig, fit, seed_everything
+from .training import FitResult, TrainConfig, fit
 
 # %% auto #0
 __all__ = ['N_CELL', 'ProbeModelConfig', 'ProbeDataConfig', 'ProbeRunConfig', 'SceneProbe', 'probe_targets', 'probe_loss',

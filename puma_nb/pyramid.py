@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ConfigError, to_dict
+from .runtime import seed_everything
 from .toyworld import SIZE, ShapesWorld, collate, shape_mask
-from .training import FitResult, TrainConfig, fit, seed_everything, should_export, trained_model
+from .training import FitResult, TrainConfig, fit, should_export, trained_model
 
 # %% auto #0
 __all__ = ['SCALES', 'CLIP_L', 'pyramid', 'puma_image', 'clip_preprocess', 'CLIPEncoder', 'uses_quick_gelu', 'check_activation',

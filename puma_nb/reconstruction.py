@@ -14,10 +14,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .decoder import (Decoder, DecoderRunConfig, PatchSpace, VAESpace, decode_features, load_decoders, load_puma_decoder,
-                             null_features, plain_folder, sample, steps_per_scale, train_decoder)
+from .decoder import (Decoder, PatchSpace, VAESpace, decode_features, load_decoders, load_puma_decoder, null_features,
+                             sample, steps_per_scale)
+from .decoder_stage import DecoderRunConfig, plain_folder, train_decoder
+from .parser import parse
 from .pyramid import SCALES, clip_l_folder, load_encoder, puma_image, pyramid
-from .toyworld import Scene, parse, to_image
+from .toyworld import Scene, to_image
 from .training import FitResult
 
 # %% auto #0

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import ConfigError, load_stage_config
-from .decoder import DecoderRunConfig, build_decoder
+from .decoder import build_decoder
+from .decoder_stage import DecoderRunConfig
 from .instruct import InstructRunConfig
 from .mllm import N_FEATURES, MLLMConfig, PumaLM, llama_config
 from .pretrain import PretrainRunConfig

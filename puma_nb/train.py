@@ -9,10 +9,10 @@ import argparse, os, sys
 import torch.distributed as dist
 
 from .config import ConfigError, load_stage_config
-from .training import Stopped, stop_on_signals, stop_point
+from .runtime import Stopped, stop_on_signals, stop_point
 from .probe import ProbeRunConfig, train_probe
 from .pyramid import ClipRunConfig, train_clip
-from .decoder import DecoderRunConfig, train_decoder
+from .decoder_stage import DecoderRunConfig, train_decoder
 from .pretrain import PretrainRunConfig, train_pretrain
 from .instruct import InstructRunConfig, train_instruct
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_training.ipynb #91d8d289
 from __future__ import annotations
-import json, os, random, re, shutil, signal, threading, time
+import json, os, re, signal, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +14,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from .checkpoints import (_truncate_metrics, _write_atomic, config_changes, latest_checkpoint, load_checkpoint, read_metrics,
+                                 save_checkpoint, save_loss_plot)
 from .config import ConfigError, to_dict
+from .runtime import Dist, _Preemption, init_distributed, micro_seed, resolve_precision, seed_everything
 
 # %% auto #0
-__all__ = ['FSDP_BLOCKS', 'RESUMABLE_KEYS', 'STOP_SIGNALS', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer',
-           'build_scheduler', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'cpu_bf16',
-           'resolve_precision', 'micro_seed', 'StepBatches', 'compile_block', 'shard_model', 'builds_on_meta',
-           'place_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'checkpoint_weights',
-           'config_changes', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'FitResult', 'Stopped',
-           'stop_on_signals', 'stop_point', 'trained_model', 'should_export', 'fit']
+__all__ = ['FSDP_BLOCKS', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer', 'build_scheduler', 'StepBatches',
+           'compile_block', 'shard_model', 'builds_on_meta', 'place_model', 'FitResult', 'trained_model',
+           'should_export', 'fit']
 
 # %% ../nbs/02_training.ipynb #d461344d
 @dataclass
@@ -123,71 +124,6 @@ def build_scheduler(opt:torch.optim.Optimizer, cfg:TrainConfig):
         return get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps, min_lr_rate=cfg.min_lr_ratio)
     if cfg.schedule == "linear": return get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     return get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-
-# %% ../nbs/02_training.ipynb #339f1509
-@dataclass
-class Dist:
-    "Where this process sits in the job."
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-def init_distributed(device:str="auto") -> Dist:
-    "Join the `torchrun` process group if there is one (NCCL on GPUs, gloo on CPU)."
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if device == "cuda" and not torch.cuda.is_available(): raise ConfigError("device is 'cuda' but no GPU is available")
-    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda: torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, local, dev)
-
-def seed_everything(seed:int):
-    "Seed Python, NumPy and torch (all devices)."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
-
-def rng_state() -> dict:
-    "This process's RNG states."
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-def set_rng_state(s:dict):
-    "Restore what `rng_state` saved."
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
-def cpu_bf16() -> str|None:
-    "This CPU's native bf16 instructions as torch finds them, `amx_bf16` or `avx512_bf16`; None where bf16 would be emulated."
-    try: cap = torch._C._cpu._get_cpu_capability()  # cpuinfo's flags, as torch's own kernels choose by them
-    except (AttributeError, RuntimeError): return None
-    return next((k for k in ("amx_bf16", "avx512_bf16") if cap.get(k)), None)
-
-def resolve_precision(precision, # `auto`, `fp32` or `bf16`, or a config with a `precision` field
-                      device=None, # a `torch.device` or its name; None or `auto`: the GPU if there is one, else the CPU
-                     ) -> Literal["bf16", "fp32"]:
-    "What `precision` trains in on `device`: `auto` is bf16 on a GPU that supports it natively and on a CPU with AVX512-BF16 or AMX, fp32 elsewhere."
-    p = getattr(precision, "precision", precision)
-    if p not in ("auto", "fp32", "bf16"): raise ConfigError(f"precision must be auto, fp32 or bf16, got {p!r}")
-    if p != "auto": return p
-    if device is None or str(device) == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type
-    if kind == "cuda": return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
-    return "bf16" if kind == "cpu" and cpu_bf16() else "fp32"
-
-def micro_seed(seed:int, # the run's seed
-               step:int, # the optimizer step (0-based)
-               offset:int, # the micro-batch's first position in the global batch
-              ) -> int:
-    "The seed of one micro-batch's randomness: a function of its place in the run, not of the rank layout."
-    return (seed * 1_000_003 + step) * 1_000_033 + offset
-
-def _barrier():
-    if dist.is_initialized(): dist.barrier()
 
 # %% ../nbs/02_training.ipynb #66df46ee
 class StepBatches(torch.utils.data.Sampler):
@@ -303,149 +239,6 @@ def place_model(model:nn.Module, # the model: real weights, or (ranks > 0 under 
     if d.main: print(f"rank 0 sent its weights to {d.world_size - 1} rank(s) that built the model on meta")
     return model
 
-# %% ../nbs/02_training.ipynb #621e99b3
-import warnings
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
-
-from contextlib import contextmanager
-
-@contextmanager
-def _quiet():
-    "DCP warns that it runs in one process when there is no process group: that is intended here."
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        yield
-
-RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "ckpt_every", "keep_ckpts", "stop_after", "resume",
-                  "num_workers", "progress", "out_dir", "device", "micro_batch_size",
-                  "parallel", "fsdp_blocks", "activation_checkpointing", "compile",
-                  "precision"}  # may change between invocations (`auto` resolves by the machine a run resumes on)
-
-def _write_atomic(path:Path, text:str):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-def latest_checkpoint(out_dir) -> Path|None:
-    "The newest complete checkpoint folder in `out_dir/checkpoints`, or None."
-    root = Path(out_dir) / "checkpoints"
-    ptr = root / "latest"
-    if ptr.exists() and (root / ptr.read_text().strip() / "state.json").exists(): return root / ptr.read_text().strip()
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists())
-    return done[-1] if done else None
-
-def save_checkpoint(out_dir, # the run folder
-                    step:int, # optimizer steps done
-                    model:nn.Module, optimizer, scheduler,
-                    state:dict, # extra JSON state: the resolved config, metrics
-                    d:Dist=Dist(), keep:int=2) -> Path:
-    "Write a checkpoint atomically (every rank calls this); keep the newest `keep`."
-    root = Path(out_dir) / "checkpoints"
-    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    if d.main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists(): shutil.rmtree(tmp)
-        tmp.mkdir()
-    _barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
-    msd, osd = get_state_dict(model, optimizer)
-    with _quiet(): dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp / "sharded")
-    if d.main: torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    _barrier()
-    if d.main:
-        (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": d.world_size, **state}, indent=1))
-        if final.exists():  # the same step saved again (a resumed run that stopped at once): swap in the new one
-            old = root / f"step_{step:08d}.old"
-            os.rename(final, old); os.rename(tmp, final); shutil.rmtree(old)
-        else: os.rename(tmp, final)
-        _write_atomic(root / "latest", final.name)
-        done = sorted(p for p in root.glob("step_*") if p.is_dir() and p.suffix not in (".tmp", ".old"))
-        for p in done[:-keep]: shutil.rmtree(p)
-    _barrier()
-    return final
-
-def load_checkpoint(path, model:nn.Module, optimizer=None, scheduler=None, d:Dist=Dist()) -> dict:
-    "Restore a checkpoint into `model` (and optimizer, scheduler, this rank's RNG); returns its `state.json`."
-    path = Path(path)
-    state = json.loads((path / "state.json").read_text())
-    if (path / "model.pt").exists():  # the single-file layout of puma_nb before sharded checkpoints
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        if optimizer is not None: optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    else:
-        msd, osd = get_state_dict(model, optimizer) if optimizer is not None else (get_model_state_dict(model), None)
-        with _quiet(): dcp.load({"model": msd, **({"optimizer": osd} if osd is not None else {})}, checkpoint_id=path / "sharded")
-        if optimizer is not None: set_state_dict(model, optimizer, model_state_dict=msd, optim_state_dict=osd)
-        else: set_model_state_dict(model, msd)
-    if scheduler is not None: scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = path / f"rng_rank{d.rank}.pt"
-    if state.get("world_size") == d.world_size and rng.exists(): set_rng_state(torch.load(rng, weights_only=False))
-    else: print(f"note: {path.name} was saved by {state.get('world_size')} ranks; rank {d.rank} of {d.world_size} reseeds")
-    return state
-
-def checkpoint_weights(path, # a checkpoint folder (`checkpoints/step_…`)
-                       part:Literal["model", "optimizer"]="model", # the model's weights, or the optimizer's state tensors
-                      ) -> dict[str, torch.Tensor]:
-    "Full tensors from a checkpoint, as plain CPU tensors by name (in one process, however many ranks wrote it)."
-    path = Path(path)
-    if (path / f"{part}.pt").exists():
-        sd = torch.load(path / f"{part}.pt", map_location="cpu", weights_only=True)
-        return sd if part == "model" else {f"state.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    reader = dcp.FileSystemReader(path / "sharded")
-    meta = reader.read_metadata().state_dict_metadata
-    sd = {k[len(part) + 1:]: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in meta.items()
-          if k.startswith(part + ".") and hasattr(v, "size")}
-    with _quiet(): dcp.load({part: sd}, storage_reader=reader)
-    return sd
-
-def config_changes(old:dict, new:dict, prefix:str="") -> list[str]:
-    "Keys whose values differ between two resolved configs, ignoring those that may change on resume."
-    out = []
-    for k in sorted(set(old) | set(new)):
-        key = f"{prefix}{k}"
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict): out += config_changes(a, b, key + ".")
-        elif a != b and k not in RESUMABLE_KEYS: out.append(f"{key}: {a!r} -> {b!r}")
-    return out
-
-# %% ../nbs/02_training.ipynb #403093c0
-def read_metrics(path) -> list[dict]:
-    "The rows of a `metrics.jsonl` (a run folder or the file)."
-    path = Path(path)
-    if path.is_dir(): path = path / "metrics.jsonl"
-    if not path.exists(): return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-def _truncate_metrics(path:Path, step:int):
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-def plot_metrics(path, # a run folder or its metrics.jsonl
-                 keys=("loss",), # metrics to plot, one panel each
-                 ax=None, logy:bool=True):
-    "Plot metric curves against the step."
-    import matplotlib.pyplot as plt
-    rows = read_metrics(path)
-    keys = [k for k in keys if any(k in r for r in rows)]
-    if ax is None: _, ax = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3), squeeze=False)
-    axes = np.atleast_1d(ax).ravel()
-    for a, k in zip(axes, keys):
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        a.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
-        a.set_xlabel("step"); a.set_title(k)
-        if logy and all(v > 0 for _, v in pts): a.set_yscale("log")
-    return axes[0].figure
-
-def save_loss_plot(out_dir):
-    "Write `loss.png` beside `metrics.jsonl`: every logged loss and metric, one panel each."
-    import matplotlib.pyplot as plt
-    rows = read_metrics(out_dir)
-    keys = [k for k in rows[-1] if k not in ("step", "samples_per_s", "grad_norm") and not k.startswith("lr")]
-    fig = plot_metrics(out_dir, keys)
-    fig.savefig(Path(out_dir) / "loss.png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
 # %% ../nbs/02_training.ipynb #554d23ca
 @dataclass
 class FitResult:
@@ -466,80 +259,6 @@ def _to(batch, device):
 
 def _autocast(precision:str, device:torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-class Stopped(BaseException):
-    "A SIGINT or SIGTERM stopped the job: where, and its exit code (128 + the signal). A `BaseException`, as `KeyboardInterrupt`: no `except Exception` swallows it."
-    def __init__(self, signum:int|None=None, stage:str|None=None, step:int|None=None, out_dir=None):
-        super().__init__(signum, stage, step, out_dir)
-        self.signum, self.stage, self.step, self.out_dir = signum, stage, step, out_dir
-    @property
-    def code(self) -> int: return 128 + self.signum if self.signum else 1
-    def __str__(self):
-        return (f"stopped at {self.stage or 'the start'}" + ("" if self.step is None else f" step {self.step}")
-                + "; rerun the same command to resume")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-def _die(signum:int):
-    "End this process now by `signum`'s default action (a second Ctrl-C): no clean-up, no traceback."
-    signal.signal(signum, signal.SIG_DFL); os.kill(os.getpid(), signum)
-
-class _Job:
-    "The signals of a job run under `stop_on_signals`: the first one, and whether a training stage holds it back."
-    def __init__(self): self.signum, self.defer = None, False
-    def handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT: _die(signum)
-        if self.signum is None: self.signum = signum
-        if not self.defer: raise Stopped(self.signum)
-
-_JOB: _Job|None = None
-
-@contextmanager
-def stop_on_signals():
-    "Run a job inside it: SIGINT and SIGTERM raise `Stopped`, except during a training stage, whose loop saves its step first (`fit`); a second Ctrl-C ends the process at once."
-    global _JOB
-    if _JOB is not None or threading.current_thread() is not threading.main_thread():
-        yield _JOB; return
-    _JOB = _Job()
-    old = {s: signal.signal(s, _JOB.handle) for s in STOP_SIGNALS}
-    try: yield _JOB
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
-        _JOB = None
-
-def stop_point():
-    "Where a job takes up a training stage's result: raise `Stopped` if a signal came during the stage; from here on a signal raises at once."
-    if _JOB is None: return
-    _JOB.defer = False
-    if _JOB.signum is not None: raise Stopped(_JOB.signum)
-
-class _Preemption:
-    "SIGINT and SIGTERM become a flag the loop checks after each step. Under a job (`stop_on_signals`) the job keeps the flag, held back until it calls `stop_point` (the stage exports its model meanwhile); alone (a notebook, a test) this handles both signals while `fit` runs (main thread only)."
-    def __init__(self): self.signum, self.old = None, {}
-    def __enter__(self):
-        if _JOB is not None: _JOB.defer = True
-        elif threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        return self
-    @property
-    def flag(self) -> int:
-        "The signal received (0: none)."
-        return (_JOB.signum if _JOB is not None else self.signum) or 0
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C does what it did before `fit` (a notebook: interrupt)
-            old = self.old.get(signal.SIGINT); self.__exit__()
-            if callable(old): return old(signum, frame)
-            if old == signal.SIG_DFL: _die(signum)
-            return
-        self.signum = self.signum or signum
-    def agreed(self, d:Dist) -> int:
-        "The flag, the same on every rank (the largest signal any rank received)."
-        flag = torch.tensor([float(self.flag)], device=d.device)
-        if d.world_size > 1: dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-    def __exit__(self, *exc):
-        for s, h in self.old.items(): signal.signal(s, h)
-        self.old = {}
 
 def _worker_init(_):
     "A DataLoader worker leaves Ctrl-C (sent to the whole terminal's process group) to the main process, which stops it."

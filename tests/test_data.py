@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from puma_nb import toyworld as tw
-from puma_nb.data import (FEATURE_KEYS, CachedFeatures, DataError, FeatureItem, Layout, ManifestError, PairItem, ShardStream,
-                          encode_image, expand_shards, extract_features, position_bins, read_manifest, read_shard, write_shards)
+from puma_nb.data import (FEATURE_KEYS, CachedFeatures, DataError, FeatureItem, Layout, PairItem, ShardStream, encode_image,
+                          expand_shards, extract_features, read_shard, write_shards)
+from puma_nb.manifests import ManifestError, position_bins, read_manifest
 
 N = 40  # samples in the shared shards: 8 shards of 5
 
@@ -282,7 +283,8 @@ def test_cached_features_give_the_same_batches(tmp_path):
 
 def test_fit_resumes_a_stream_exactly(bad_shards, tmp_path):
     from torch import nn
-    from puma_nb.training import TrainConfig, fit, read_metrics
+    from puma_nb.training import TrainConfig, fit
+    from puma_nb.checkpoints import read_metrics
 
     def loss_fn(model, batch): return ((model(batch["image"].mean((2, 3))) - 0.5) ** 2).mean()
 

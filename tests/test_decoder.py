@@ -252,7 +252,7 @@ def test_guidance_one_runs_the_conditional_branch_alone():
 
 def test_a_coarse_decoder_starts_from_a_finer_one():
     from puma_nb.config import ConfigError
-    from puma_nb.decoder import init_from
+    from puma_nb.decoder_stage import init_from
     torch.manual_seed(0)
     d0, d3 = build_decoder(0, DecoderConfig()), build_decoder(3, DecoderConfig())
     left = init_from(d3, d0)
@@ -264,7 +264,7 @@ def test_a_coarse_decoder_starts_from_a_finer_one():
 
 
 def test_a_coarse_decoder_can_start_its_skip_at_zero():
-    from puma_nb.decoder import init_from
+    from puma_nb.decoder_stage import init_from
     torch.manual_seed(0)
     d0 = build_decoder(0, DecoderConfig())
     with torch.no_grad(): d0.spatial_out.weight.normal_(); d0.spatial_out.bias.normal_()  # a trained skip
@@ -301,7 +301,7 @@ def test_tiny_heads_are_head_dim_wide_and_old_checkpoints_keep_their_heads(tmp_p
 
 
 def test_reader_weight_adds_the_readers_own_x0_loss_on_kept_conditions():
-    from puma_nb.decoder import DecoderRunConfig, DiffusionConfig
+    from puma_nb.decoder_stage import DecoderRunConfig, DiffusionConfig
     d = build_decoder(1)
     torch.nn.init.normal_(d.spatial_out.weight, std=0.1)
     sch = make_scheduler("ddpm", prediction_type="sample", beta_schedule="linear", beta_end=0.02)
@@ -352,7 +352,7 @@ def test_upsample_tokens_inverts_eq1_on_constant_blocks():
 
 def test_real_data_reaches_the_encoder_as_the_mllms_pictures_do():
     "A decoder item from shards carries the encoder's input (`clip_image`, PUMA's PIL resize); the loss encodes that, not the VAE's picture."
-    from puma_nb.decoder import DiffusionConfig, decoder_loss_fn
+    from puma_nb.decoder_stage import DiffusionConfig, decoder_loss_fn
     seen = []
     class Enc(torch.nn.Module):
         def forward(self, x): seen.append(tuple(x.shape)); return torch.zeros(len(x), 256, 64)

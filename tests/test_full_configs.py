@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from puma_nb.decoder import DecoderRunConfig, steps_per_scale
+from puma_nb.decoder import steps_per_scale
+from puma_nb.decoder_stage import DecoderRunConfig
 from puma_nb.instruct import PAPER_INSTRUCT, InstructRunConfig
 from puma_nb.pretrain import PretrainRunConfig
 from puma_nb.scaling import full_configs, plan

@@ -12,7 +12,8 @@ sys.path.insert(0, str(BENCH))
 import _gpu  # noqa: E402
 import gpu_mllm  # noqa: E402
 
-from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, puma_loss, tiny_tokenizer  # noqa: E402
+from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, tiny_tokenizer  # noqa: E402
+from puma_nb.mllm_loss import puma_loss  # noqa: E402
 from puma_nb.pyramid import SCALES  # noqa: E402
 
 

@@ -8,6 +8,8 @@ import torch
 import numpy as np
 
 from puma_nb import toyworld as tw
+from puma_nb.parser import parse
+from puma_nb.checkpoints import read_metrics
 from puma_nb.config import ConfigError, load_config
 from puma_nb.decoder import DecoderConfig, build_decoder
 from puma_nb.instruct import (ANSWER_WORDS, IMAGE_KEYS, INSTRUCT_TASKS, InstructData, InstructRunConfig, answer, encode_items, generate_images,
@@ -15,7 +17,6 @@ from puma_nb.instruct import (ANSWER_WORDS, IMAGE_KEYS, INSTRUCT_TASKS, Instruct
                               scene_scores, scene_survival, train_instruct, understanding_scores)
 from puma_nb.mllm import MLLMConfig, build_mllm, build_sequence, load_mllm, save_mllm, tiny_tokenizer
 from puma_nb.pyramid import SCALES, TinyClipConfig, save_clip, tiny_clip, tiny_encoder
-from puma_nb.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_size=64, intermediate_size=128, layers=1, heads=2, kv_heads=2)
@@ -32,7 +33,7 @@ def test_data_is_deterministic_and_covers_every_kind():
     assert set(Counter(edits[k]["kind"] for k in range(200))) == set(tw.EDIT_KINDS)
     e = edits[4]  # the scene to score against is the edit's target, not its source
     assert e["scene"] != tw.ShapesWorld("train", 200, "edit")[4]["scene"] or e["kind"] == "change_background"
-    assert tw.parse(tw.to_image(e["image"])).scene == tw.Scene.from_dict(e["scene"])
+    assert parse(tw.to_image(e["image"])).scene == tw.Scene.from_dict(e["scene"])
     with pytest.raises(ValueError, match="unknown instruct task"): InstructData("caption", 3)
     with pytest.raises(ValueError, match="p_instruction"): InstructData("conditional", 3, p_instruction=2)
 
@@ -285,7 +286,7 @@ def test_feature_place_probe_script(run_folder, monkeypatch, capsys):
 def _shape_at_centres(im):
     "f0 tokens holding, at each object's centre token, the one-hot of its shape (read back from the picture by the parser)."
     f = torch.zeros(16, 16, len(tw.SHAPES))
-    for o in tw.parse(tw.to_image(im)).scene.objects:
+    for o in parse(tw.to_image(im)).scene.objects:
         cx, cy = tw.cell_center(o.position)
         f[cy // (tw.SIZE // 16), cx // (tw.SIZE // 16), tw.SHAPES.index(o.shape)] = 1
     return f.reshape(256, -1)

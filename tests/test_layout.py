@@ -46,7 +46,7 @@ def test_every_module_names_its_notebook_and_each_notebook_exports_one_module():
 
 def test_the_parser_sees_imports_at_the_top_and_inside_functions():
     assert {"toyworld", "config", "training", "pyramid", "decoder", "mllm"} <= set(imported("instruct"))
-    assert "data" in imported("decoder")  # `from puma_nb.data import …` inside `train_decoder`
+    assert "data" in imported("decoder_stage")  # `from puma_nb.data import …` inside `train_decoder`
 
 
 @pytest.mark.parametrize("module", modules())

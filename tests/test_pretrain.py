@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from puma_nb.checkpoints import read_metrics
 from puma_nb.config import ConfigError, load_config
 from puma_nb.mllm import MLLMConfig, load_mllm, tiny_tokenizer
 from puma_nb.pretrain import (SOURCES, MixtureConfig, PretrainMix, PretrainRunConfig, paper_schedule, pretrain_sequence)
 from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
-from puma_nb.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

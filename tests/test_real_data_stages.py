@@ -6,13 +6,13 @@ import torch
 
 from _helpers import run_train as train
 from puma_nb import toyworld as tw
+from puma_nb.checkpoints import read_metrics
 from puma_nb.data import encode_image, write_shards
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.instruct import InstructData
 from puma_nb.mllm import load_mllm
 from puma_nb.pretrain import MixedStream, TextLines
 from puma_nb.pyramid import TinyClipConfig, save_clip, tiny_clip
-from puma_nb.training import read_metrics
 
 TINY_MLLM = ["model.hidden_size=64", "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
 
@@ -43,7 +43,8 @@ def data(tmp_path_factory):
 
 
 def test_real_mixture_draws_every_source_by_its_weight(data):
-    from puma_nb.data import PairItem, ShardStream, read_manifest
+    from puma_nb.data import PairItem, ShardStream
+    from puma_nb.manifests import read_manifest
     pairs = ShardStream(str(data / "pairs"), PairItem(64), shuffle_buffer=4)
     mix = MixedStream(pairs, {"grounding": read_manifest(data / "grit.jsonl", "grit"), "text": TextLines(data / "text.jsonl")},
                       {"pairs": 0.5, "grounding": 0.25, "text": 0.25})

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from puma_nb.decoder import DecoderDataConfig, DecoderRunConfig, DiffusionConfig, load_decoders, steps_per_scale
+from puma_nb.decoder import load_decoders, steps_per_scale
+from puma_nb.decoder_stage import DecoderDataConfig, DecoderRunConfig, DiffusionConfig
 from puma_nb.pyramid import SCALES, TinyClipConfig, load_clip, save_clip, tiny_clip, tiny_encoder
 from puma_nb.reconstruction import (ATTRIBUTES, chance_rates, figure3, lpips_distance, lpips_metric, psnr, survival_rates, table1,
                                     table1_markdown, train_decoders)
@@ -91,7 +92,7 @@ def test_load_decoders_names_the_missing_folders(tmp_path):
 def test_reader_loss_on_the_last_steps_only_and_the_chain_starts_before_them(tmp_path):
     "D0 with `reader_steps`: A.1's loss alone first (exported to f0/plain), then the reader loss; D1 starts from the plain D0."
     from puma_nb.decoder import DecoderConfig, load_puma_decoder
-    from puma_nb.training import read_metrics
+    from puma_nb.checkpoints import read_metrics
     save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
     base = DecoderRunConfig(train=TrainConfig(steps=1, batch_size=4, lr=1e-3, warmup_steps=1, progress=False, log_every=1),
                             model=DecoderConfig(spatial_hidden=32, spatial_skip=True), reader_steps=2,

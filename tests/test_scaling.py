@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from _helpers import run_train
+from puma_nb.checkpoints import read_metrics
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.mllm import load_mllm
-from puma_nb.training import read_metrics
 
 def run_stage(config, out, *overrides, ranks=0):
     return run_train(config, f"train.out_dir={out}", *overrides, ranks=ranks)
@@ -69,7 +69,8 @@ def test_decoder_sharded_on_two_ranks_equals_one_process(tmp_path, clip_dir):
 
 def test_decoder_starts_from_an_sdxl_folder_and_diffuses_in_its_vae(tmp_path):
     from diffusers import AutoencoderKL
-    from puma_nb.decoder import DecoderConfig, build_decoder, init_from_sdxl, latent_space, tiny_unet
+    from puma_nb.decoder import DecoderConfig, build_decoder, tiny_unet
+    from puma_nb.decoder_stage import init_from_sdxl, latent_space
     cfg = DecoderConfig()
     src = tiny_unet(cfg)  # stands in for SDXL base's unet/: the same layout as the decoder's UNet
     src.save_pretrained(tmp_path / "sdxl" / "unet")

@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from puma_nb import toyworld as tw
+from puma_nb.parser import Parsed, parse
 
 
 def test_parse_inverts_render_on_10000_random_scenes():
     rng = np.random.default_rng(2024)
     for _ in range(10_000):
         s = tw.sample_scene(rng)
-        p = tw.parse(tw.render(s))
+        p = parse(tw.render(s))
         assert p.scene == s and p.valid and p.confidence == 1.0, (s, p)
 
 
@@ -24,14 +25,14 @@ def test_parse_inverts_every_edit_target_and_condition_target():
         for kind in tw.EDIT_KINDS:
             e = tw.sample_edit(s, rng, kind)
             assert tw.world_problems(e.target, 0, 3) == []
-            p = tw.parse(tw.render(e.target))
+            p = parse(tw.render(e.target))
             assert p.valid and p.scene == e.target, (kind, e, p)
         for kind in tw.CONDITION_KINDS:
             c = tw.make_condition(s, kind, rng)
-            assert tw.parse(tw.render(c.target)).scene == s
+            assert parse(tw.render(c.target)).scene == s
             # a condition image is not a scene: the parser says so without raising
-            q = tw.parse(c.image)
-            assert isinstance(q, tw.Parsed) and 0.0 <= q.confidence <= 1.0
+            q = parse(c.image)
+            assert isinstance(q, Parsed) and 0.0 <= q.confidence <= 1.0
 
 
 def test_all_edit_kinds_change_exactly_what_they_say():
@@ -60,7 +61,7 @@ def test_all_edit_kinds_change_exactly_what_they_say():
     np.full((64, 64, 3), np.nan, np.float32), np.zeros((64, 64, 7), np.uint8),
 ])
 def test_non_images_get_a_clear_answer(bad):
-    p = tw.parse(bad)
+    p = parse(bad)
     assert p.scene is None and p.confidence == 0.0 and not p.valid
     assert p.problems and p.problems[0].startswith("not an image")
 
@@ -78,18 +79,18 @@ def test_corrupted_and_foreign_images_are_flagged_not_crashed():
     }
     cases["stray blob"][0:3, 25:40] = tw.COLORS["yellow"]
     for name, x in cases.items():
-        p = tw.parse(x)
-        assert isinstance(p, tw.Parsed) and not p.valid and p.problems, name
+        p = parse(x)
+        assert isinstance(p, Parsed) and not p.valid and p.problems, name
         assert 0.0 <= p.confidence < 1.0, (name, p.confidence)
     # a noisy copy still reads as the right scene, flagged and with confidence below 1
     noisy = np.clip(img.astype(int) + rng.integers(-25, 26, img.shape), 0, 255).astype(np.uint8)
-    p = tw.parse(noisy)
+    p = parse(noisy)
     assert p.scene == s and not p.valid
     # the input formats a model may hand over all work
     for x in (Image.fromarray(img), tw.to_tensor(img), tw.to_tensor(img).numpy(), np.dstack([img, np.full((64, 64), 255, np.uint8)])):
-        assert tw.parse(x).scene == s
+        assert parse(x).scene == s
     up = np.asarray(Image.fromarray(img).resize((256, 256), Image.NEAREST))
-    assert tw.parse(up).scene == s and "resized from 256×256 to 64×64" in tw.parse(up).problems
+    assert parse(up).scene == s and "resized from 256×256 to 64×64" in parse(up).problems
 
 
 def test_splits_are_deterministic_and_disjoint():

@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
+from puma_nb.checkpoints import checkpoint_weights, latest_checkpoint, read_metrics
 from puma_nb.config import ConfigError, to_dict
-from puma_nb.train import main as train_main, resolve
 from puma_nb.probe import ProbeDataConfig, ProbeModelConfig, ProbeRunConfig, train_probe
-from puma_nb.training import TrainConfig, checkpoint_weights, latest_checkpoint, read_metrics
+from puma_nb.train import main as train_main, resolve
+from puma_nb.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -165,30 +166,30 @@ CPU_KINDS = {  # torch's cpuinfo flags (`torch._C._cpu._get_cpu_capability()`) o
 @pytest.mark.parametrize("kind, want", [("an AVX2 laptop", "fp32"), ("AVX-512 without bf16 (Skylake-SP)", "fp32"),
                                         ("AVX512-BF16 (Zen 4/5, Cooper Lake)", "bf16"), ("AMX (Sapphire Rapids)", "bf16")])
 def test_precision_auto_follows_the_cpu(monkeypatch, kind, want):
-    from puma_nb import training
+    from puma_nb import runtime, training
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: dict(CPU_KINDS[kind]))
-    assert training.resolve_precision("auto", "cpu") == want
-    assert training.resolve_precision(TrainConfig(precision="auto"), torch.device("cpu")) == want  # a config, a device
-    assert training.cpu_bf16() == {"fp32": None, "bf16": "amx_bf16" if "AMX" in kind else "avx512_bf16"}[want]
-    for p in ("fp32", "bf16"): assert training.resolve_precision(p, "cpu") == p  # an explicit precision is kept, whatever the CPU
-    with training._autocast(training.resolve_precision("auto", "cpu"), torch.device("cpu")):
+    assert runtime.resolve_precision("auto", "cpu") == want
+    assert runtime.resolve_precision(TrainConfig(precision="auto"), torch.device("cpu")) == want  # a config, a device
+    assert runtime.cpu_bf16() == {"fp32": None, "bf16": "amx_bf16" if "AMX" in kind else "avx512_bf16"}[want]
+    for p in ("fp32", "bf16"): assert runtime.resolve_precision(p, "cpu") == p  # an explicit precision is kept, whatever the CPU
+    with training._autocast(runtime.resolve_precision("auto", "cpu"), torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu") == (want == "bf16")
 
 
 def test_precision_auto_on_a_gpu_and_without_a_probe(monkeypatch):
-    from puma_nb import training
+    from puma_nb import runtime
     monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: dict(CPU_KINDS["an AVX2 laptop"]))
     for native, want in ((True, "bf16"), (False, "fp32")):  # a GPU's bf16 counts where it is native (Ampere on), not emulated (V100)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n or including_emulation)
-        assert training.resolve_precision("auto", "cuda") == want and training.resolve_precision("auto", torch.device("cuda", 0)) == want
-        assert training.resolve_precision("fp32", "cuda") == "fp32" and training.resolve_precision("bf16", "cuda") == "bf16"
+        assert runtime.resolve_precision("auto", "cuda") == want and runtime.resolve_precision("auto", torch.device("cuda", 0)) == want
+        assert runtime.resolve_precision("fp32", "cuda") == "fp32" and runtime.resolve_precision("bf16", "cuda") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device auto: the GPU when there is one
-    assert training.resolve_precision("auto") == "fp32"
+    assert runtime.resolve_precision("auto") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training.resolve_precision("auto", "auto") == "fp32"  # the CPU: an AVX2 laptop
+    assert runtime.resolve_precision("auto", "auto") == "fp32"  # the CPU: an AVX2 laptop
     monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")  # a torch without the probe: fp32, never an emulated bf16
-    assert training.cpu_bf16() is None and training.resolve_precision("auto", "cpu") == "fp32"
-    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"): training.resolve_precision("fp16", "cpu")
+    assert runtime.cpu_bf16() is None and runtime.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"): runtime.resolve_precision("fp16", "cpu")
 
 
 def test_cli_config_errors_are_clear(tmp_path, capsys):
@@ -281,7 +282,8 @@ def test_ddp_with_dropout_matches_one_process_and_resumes_on_two_ranks(tmp_path)
 
 
 def test_a_meta_model_needs_fsdp_ranks_to_fill_it():
-    from puma_nb.training import Dist, TrainConfig, place_model
+    from puma_nb.training import TrainConfig, place_model
+    from puma_nb.runtime import Dist
     with torch.device("meta"): m = torch.nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="rank 0 built its model on the meta device"):
         place_model(m, TrainConfig(parallel="fsdp"), Dist())
