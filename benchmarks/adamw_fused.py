@@ -7,7 +7,8 @@ import json, platform, time
 
 import torch
 
-from puma_nb.cli import decoder_recipe
+from puma_nb.config import load_stage_config
+from puma_nb.job import CONFIGS, RUN_CONFIGS
 from puma_nb.decoder import build_decoder
 from puma_nb.mllm import MLLMConfig, build_mllm, tiny_tokenizer
 
@@ -22,7 +23,7 @@ def time_step(params, reps=30, **kw) -> float:
 
 def main():
     torch.manual_seed(0)
-    models = {"tiny decoder": build_decoder(0, decoder_recipe("unused").model), "tiny MLLM": build_mllm(MLLMConfig(), tiny_tokenizer())}
+    models = {"tiny decoder": build_decoder(0, load_stage_config(CONFIGS / "decoder_f0.yaml", RUN_CONFIGS).model), "tiny MLLM": build_mllm(MLLMConfig(), tiny_tokenizer())}
     rows = {}
     for name, m in models.items():
         ps = [p for p in m.parameters() if p.requires_grad]

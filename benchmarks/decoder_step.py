@@ -7,7 +7,7 @@ plain epsilon-MSE). Steps alternate between the two, so that both see the same m
     python benchmarks/decoder_step.py --head-dim 2      # heads of 2 channels, as the tiny decoders had before head_dim
     python benchmarks/decoder_step.py --layers-per-block 1 --reader-weight 0
 
-The decoder's shape is the toy recipe's (`cli.decoder_recipe`: two layers per block, the MLP reader and its skip) unless
+The decoder's shape is the toy recipe's (`configs/toy/decoder_f0.yaml`: two layers per block, the MLP reader and its skip) unless
 overridden.
 """
 import argparse, json, platform
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from _timing import alternate
 
-from puma_nb.cli import decoder_recipe
+from puma_nb.config import load_stage_config
+from puma_nb.job import CONFIGS, RUN_CONFIGS
 from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler
 
 
@@ -33,7 +34,7 @@ def main():
                     help="the reader loss λ (the toy recipe: 1 in D0's last 500 steps, 0 in every other step)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = replace(decoder_recipe("").model, head_dim=args.head_dim)
+    cfg = replace(load_stage_config(CONFIGS / "decoder_f0.yaml", RUN_CONFIGS).model, head_dim=args.head_dim)
     if args.layers_per_block: cfg = replace(cfg, layers_per_block=args.layers_per_block)
     ours = build_decoder(args.scale, cfg)
     plain = build_decoder(args.scale, cfg).unet  # an identical UNet, without PUMA's conditioning path

@@ -15,7 +15,8 @@ import _gpu  # first: the offline environment
 import torch
 
 from puma_nb.decoder import DecoderConfig, build_decoder, decoder_loss, make_scheduler
-from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, puma_loss, tiny_tokenizer
+from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, tiny_tokenizer
+from puma_nb.mllm_loss import puma_loss
 from puma_nb.pyramid import SCALES
 from gpu_mllm import loss_tail, puma_loss_static, static_targets
 

@@ -46,7 +46,8 @@ from diffusers import UNet2DConditionModel
 
 from puma_nb.decoder import SDXL_UNET, Decoder, DecoderConfig, build_decoder, decoder_loss, make_scheduler
 from puma_nb.pyramid import SCALES
-from puma_nb.training import Dist, TrainConfig, shard_model
+from puma_nb.training import TrainConfig, shard_model
+from puma_nb.runtime import Dist
 
 VARIANTS = ("plain", "ours_eager", "ours_eager_cast", "ours_compiled", "ours_compiled_blocks", "ours_compiled_unet",
             "fit_amp", "fit_amp_compiled")

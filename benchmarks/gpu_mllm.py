@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from puma_nb.mllm import ALPHA, FEATURE_SCALE, LLAMA3_8B, N_FEATURES, POSITION_TOKENS, MLLMConfig, PumaLM, llama_config, puma_loss
+from puma_nb.mllm import FEATURE_SCALE, LLAMA3_8B, MLLMConfig, N_FEATURES, POSITION_TOKENS, PumaLM, llama_config
+from puma_nb.mllm_loss import ALPHA, puma_loss
 from puma_nb.pyramid import SCALES
 
 VARIANTS = ("plain", "ours_eager", "ours_compiled", "ours_compiled_static")

@@ -12,7 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import alternate
 from puma_nb.instruct import InstructData, instruct_collate
-from puma_nb.mllm import MLLMConfig, PumaLM, build_mllm, puma_loss, tiny_tokenizer
+from puma_nb.mllm import MLLMConfig, PumaLM, build_mllm, tiny_tokenizer
+from puma_nb.mllm_loss import puma_loss
 from puma_nb.pyramid import tiny_clip, tiny_encoder
 
 ap = argparse.ArgumentParser()

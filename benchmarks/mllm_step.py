@@ -11,7 +11,8 @@ import argparse, json, platform
 import torch
 from _timing import alternate
 
-from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, puma_loss, tiny_tokenizer
+from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, tiny_tokenizer
+from puma_nb.mllm_loss import puma_loss
 from puma_nb.pyramid import SCALES
 
 
@@ -20,7 +21,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--image-pos", action="store_true", help="MLLMConfig.image_pos, as configs/pretrain_tiny.yaml")
+    ap.add_argument("--image-pos", action="store_true", help="MLLMConfig.image_pos, as configs/toy/pretrain.yaml")
     args = ap.parse_args()
     torch.manual_seed(0)
     tok, cfg = tiny_tokenizer(), MLLMConfig(image_pos=args.image_pos)

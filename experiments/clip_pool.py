@@ -1,6 +1,6 @@
 """The tiny CLIP's image embedding, the mean of its patch tokens (`pool: avg`, the toy recipe) or the CLS token (`pool: tok`,
 open_clip's default), and its attention, global (`attn_window: 0`, CLIP's) or windowed (`attn_window: 1`, the toy recipe).
-Trains one tiny CLIP per choice with the recipe of configs/clip_tiny.yaml (same seed, same data), then prints, per choice,
+Trains one tiny CLIP per choice with the recipe of configs/toy/clip.yaml (same seed, same data), then prints, per choice,
 caption retrieval among the held-out captions and `probe_scales`: what a ridge probe reads from each scale's tokens
 (background, the colour in each cell, the set of colours present). Cited in 03_pyramid.
 

@@ -7,7 +7,7 @@ object's shape (colour, size, position) changed, as `toyworld.sample_edit` chang
     python experiments/clip_token_shape.py --clip runs/toy/clip/model
     python experiments/clip_token_shape.py --train plain --out runs/clip_plain    # a trial CLIP, then the same probes
 
-`--train` trains a tiny CLIP by configs/clip_tiny.yaml (the caption loss and the token loss L_dense, 03_pyramid) with one change:
+`--train` trains a tiny CLIP by configs/toy/clip.yaml (the caption loss and the token loss L_dense, 03_pyramid) with one change:
 - `recipe`: none;
 - `plain`: the caption loss alone (`dense_weight=0`, the recipe before);
 - `hard_negatives`: the caption loss alone plus NegCLIP's extra texts; each picture's caption with one object's shape
@@ -52,7 +52,7 @@ def hard_negative_loss_fn(mcfg, dense_weight=0.0):
     return loss_fn
 
 if args.train:
-    cfg = load_config(P.ClipRunConfig, "configs/clip_tiny.yaml", [f"train.out_dir={args.out}"])
+    cfg = load_config(P.ClipRunConfig, "configs/toy/clip.yaml", [f"train.out_dir={args.out}"])
     if args.steps: cfg.train = replace(cfg.train, steps=args.steps, warmup_steps=min(cfg.train.warmup_steps, args.steps // 10))
     if args.train != "recipe": cfg.dense_weight = 0.0
     if args.train == "hard_negatives": P.clip_loss_fn = hard_negative_loss_fn  # train_clip calls it by this name

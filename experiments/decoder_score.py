@@ -13,6 +13,7 @@ import argparse, collections, json, time
 import torch
 
 from puma_nb import toyworld as tw
+from puma_nb.parser import parse
 from puma_nb.decoder import load_puma_decoder
 from puma_nb.pyramid import SCALES, load_encoder
 from puma_nb.reconstruction import psnr, reconstruct, survival, survival_rates
@@ -31,7 +32,7 @@ def breakdown(scenes, images) -> dict:
     "Colour survival by the number of objects drawn, and each colour loss by what the parser read instead."
     kept, lost = collections.defaultdict(list), collections.Counter()
     for s, im in zip(scenes, images):
-        d = tw.parse(tw.to_image(im)).scene
+        d = parse(tw.to_image(im)).scene
         n, m, ok = len(s.objects), len(d.objects) if d else 0, survival(s, d)["color"]
         kept[n].append(ok)
         if not ok: lost["fewer objects" if m < n else "more objects" if m > n else "a colour changed"] += 1

@@ -13,7 +13,8 @@ import argparse, json
 import torch
 
 from puma_nb.instruct import InstructData, generate_pyramids, instruct_segments
-from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm, parent_features
+from puma_nb.mllm import build_sequence, collate_sequences, flatten_pyramid, load_mllm
+from puma_nb.mllm_loss import parent_features
 from puma_nb.pyramid import load_encoder, pyramid
 
 ap = argparse.ArgumentParser()

@@ -11,7 +11,7 @@ Prints one JSON line per w."""
 import argparse, json, time
 import numpy as np, torch
 
-from puma_nb.cli import PRESETS
+from puma_nb.job import PRESETS
 from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import IMAGE_KEYS, InstructData, encode_items, instruct_segments, scene_survival
 from puma_nb.mllm import PARENT, TOKENS_UP_TO, Image, Text, build_prompt, left_pad, load_mllm, unflatten_pyramid

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from puma_nb import toyworld as tw
+from puma_nb.parser import parse
 from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import InstructData
 from puma_nb.pyramid import load_encoder
@@ -35,7 +36,7 @@ def score(f0, name, pasted=None):
     y = decode_features(D0, f0, f_null, seed=0, steps=20, guidance=1.0)
     ok, n = collections.Counter(), collections.Counter()
     for it, im in zip(items, y):
-        ok[it["kind"]] += tw.parse(tw.to_image(im)).scene == tw.Scene.from_dict(it["scene"]); n[it["kind"]] += 1
+        ok[it["kind"]] += parse(tw.to_image(im)).scene == tw.Scene.from_dict(it["scene"]); n[it["kind"]] += 1
     print(json.dumps({"f0": name, "tokens_pasted": pasted, "edit_success": round(sum(ok.values()) / len(items), 3),
                       "per_kind": {k: f"{ok[k]}/{n[k]}" for k in sorted(n)}}), flush=True)
 

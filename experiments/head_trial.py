@@ -1,4 +1,4 @@
-"""The MLLM's regression head on trial: pretrain the tiny MLLM (the toy recipe, `cli.pretrain_recipe`, 600 steps as
+"""The MLLM's regression head on trial: pretrain the tiny MLLM (the toy recipe, `configs/toy/pretrain.yaml`, 600 steps as
 the main job) with `parent_skip` and `image_pos` on or off, tune the text-to-image (and optionally the editing and
 conditional) models from it with the tiny instruct recipe, and score Table 2 (and Table 3) with a finished run's decoders,
 as the main job does (100 held-out examples, two seeds, DDIM 20, guidance 1). The records of `parent_skip`, `self_feed`,
@@ -19,7 +19,9 @@ import argparse, json, time
 from dataclasses import replace
 from pathlib import Path
 
-from puma_nb.cli import PRESETS, TABLE1_SAMPLING, instruct_recipe, pretrain_recipe
+from puma_nb.config import load_stage_config
+from puma_nb.job import CONFIGS, PRESETS, RUN_CONFIGS
+from puma_nb.run_eval import TABLE1_SAMPLING
 from puma_nb.instruct import InstructData, conditional_table, edit_table, t2i_table, train_instruct
 from puma_nb.mllm import load_mllm
 from puma_nb.pretrain import train_pretrain
@@ -38,7 +40,7 @@ ap.add_argument("--self-feed", type=float, default=0.0, help="LossConfig.self_fe
                 "(default 0, teacher forcing, as PUMA; the toy recipe uses 1)")
 ap.add_argument("--self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes (the toy recipe uses 2)")
 ap.add_argument("--change-weight", type=float, default=None, help="LossConfig.change_weight of the instruct models: what a target token unlike its source's weighs "
-                "(default: the recipe's, 4 for edit (`cli.EDIT_CHANGE_WEIGHT`) and 1 (PUMA) for the others)")
+                "(default: the recipe's, 4 for edit (configs/toy/edit.yaml) and 1 (PUMA) for the others)")
 ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the toy preset's, 600)")
 ap.add_argument("--pretrain-self-feed", type=float, default=0.0, help="LossConfig.self_feed of the pretraining (default 0: the toy recipe's, teacher forcing)")
 ap.add_argument("--pretrain-self-feed-passes", type=int, default=1, help="LossConfig.self_feed_passes of the pretraining")
@@ -51,8 +53,9 @@ p, run, out, t0 = PRESETS["toy"], Path(args.run), Path(args.out), time.time()
 encp = run / "clip" / "model"
 done = lambda d: (d / "model" / "model.safetensors").exists()
 
-pre = pretrain_recipe(encp)
-n_pre = args.pretrain_steps or p.pretrain_steps
+recipe = lambda name: load_stage_config(CONFIGS / f"{name}.yaml", RUN_CONFIGS, [f"data.encoder={encp}"])
+pre = recipe("pretrain")
+n_pre = args.pretrain_steps or pre.train.steps
 pre.train = replace(pre.train, steps=n_pre, warmup_steps=max(1, n_pre // 50), out_dir=str(out / "pretrain"), progress=False)
 pre.data.n_train, pre.data.seed = p.n_train, p.seed
 pre.model = replace(pre.model, parent_skip=bool(args.parent_skip), image_pos=bool(args.image_pos))
@@ -64,8 +67,9 @@ Ds = [load_puma_decoder(run / "decoders" / f"unet_{SCALES[i]}").eval() for i in 
 enc, res, scales = load_encoder(str(encp)), {}, tuple(range(args.decoders))  # the scales the loaded decoders draw
 sampling = {**TABLE1_SAMPLING, "steps": p.sample_steps}
 for task in args.tasks.split(","):
-    cfg = instruct_recipe(task, args.init or out / "pretrain" / "model", encp)
-    n = args.steps or p.instruct_steps[task]
+    cfg = recipe(task)
+    cfg.init = str(args.init or out / "pretrain" / "model")
+    n = args.steps or cfg.train.steps
     cfg.train = replace(cfg.train, steps=n, warmup_steps=max(1, n // 20), out_dir=str(out / task), progress=False)
     cfg.data.n_train, cfg.data.seed = p.n_train, p.seed
     if args.alpha: cfg.loss = replace(cfg.loss, alpha=tuple(float(a) for a in args.alpha.split(",")))

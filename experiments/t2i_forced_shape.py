@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from puma_nb.decoder import decode_features, load_puma_decoder, null_features
 from puma_nb.instruct import InstructData, generate_pyramids, scene_survival
-from puma_nb.mllm import load_mllm, parent_features, self_feed_inputs, t2i_collate
+from puma_nb.mllm import load_mllm
+from puma_nb.mllm_loss import parent_features, self_feed_inputs, t2i_collate
 from puma_nb.pyramid import load_encoder
 
 ap = argparse.ArgumentParser()

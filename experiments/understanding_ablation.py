@@ -10,18 +10,19 @@ comes from this script.
 with `--steps 0` the model of `--init` is only scored, reading the pictures at `--scales`.
 
 Needs a finished `puma-nb toy` run folder (`pretrain/model` and `clip/model`). Trains with the tiny instruct recipe
-(`cli.instruct_recipe`) unless told otherwise, resumes an unfinished run, reuses a finished one, and prints JSON:
+(`configs/toy/understanding.yaml`) unless told otherwise, resumes an unfinished run, reuses a finished one, and prints JSON:
 training seconds and minutes (from the logged throughput), the last answer CE, the answer accuracy overall and per kind,
 and per kind the share of answers that are of the asked kind (`well_formed`)."""
 import argparse, json
 from dataclasses import replace
 from pathlib import Path
 
-from puma_nb.cli import instruct_recipe
+from puma_nb.config import load_stage_config
+from puma_nb.job import CONFIGS, RUN_CONFIGS
 from puma_nb.instruct import InstructData, answer, train_instruct, understanding_scores
 from puma_nb.mllm import load_mllm
 from puma_nb.pyramid import load_encoder
-from puma_nb.training import read_metrics
+from puma_nb.checkpoints import read_metrics
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/toy", help="a main-job run folder: its pretrain/model and clip/model are used")
@@ -39,7 +40,7 @@ run, scales = Path(args.run), tuple(int(c) for c in args.scales)
 enc_dir = run / "clip" / "model"
 init = Path(args.init) if args.init else run / "pretrain" / "model"
 if args.steps < 0 or (args.steps == 0 and not args.init): ap.error("--steps must be positive (0 only with --init: score that model)")
-cfg = instruct_recipe("understanding", init, enc_dir)
+cfg = load_stage_config(CONFIGS / "understanding.yaml", RUN_CONFIGS, [f"init={init}", f"data.encoder={enc_dir}", "data.input_scales=[4, 3, 2, 1, 0]"])
 cfg.train = replace(cfg.train, steps=max(args.steps, 1), warmup_steps=max(1, args.steps // 20), out_dir=args.out,
                     lr=cfg.train.lr if args.lr is None else args.lr, batch_size=args.batch or cfg.train.batch_size)
 cfg.data.n_train, cfg.data.input_scales, cfg.data.questions = 20_000, scales, args.questions

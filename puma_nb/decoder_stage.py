@@ -52,7 +52,7 @@ class DecoderDataConfig:
 
 @dataclass
 class DecoderRunConfig:
-    "`configs/decoder_tiny.yaml`: one decoder D_i."
+    "`configs/toy/decoder_f0.yaml` … `decoder_f4.yaml`: one decoder D_i."
     stage: Literal["decoder"] = "decoder"
     scale: int = 0                      # i: D_i conditions on f_i
     export_dir: str = ""                # where `unet_<n>` is written (default: train.out_dir)

@@ -155,7 +155,7 @@ class InstructDataConfig:
 
 @dataclass
 class InstructRunConfig:
-    "`configs/instruct_tiny.yaml`: one instruct model, from the pretraining checkpoint."
+    "`configs/toy/t2i.yaml` (and `edit`, `conditional`, `understanding*.yaml`): one instruct model."
     stage: Literal["instruct"] = "instruct"
     task: Literal["t2i", "edit", "conditional", "understanding"] = "t2i"
     init: str = "runs/pretrain/model"  # the pretraining checkpoint (a `save_mllm` folder)
@@ -203,7 +203,7 @@ def train_instruct(cfg:InstructRunConfig) -> FitResult:
     "Fine-tune the pretraining checkpoint on one task; save the model folder to `<out_dir>/model`."
     cfg.validate(); cfg.data.validate()
     if not (Path(cfg.init) / "config.json").exists():
-        raise FileNotFoundError(f"init: {cfg.init} is not a model folder; run the pretraining stage first (configs/pretrain_tiny.yaml)")
+        raise FileNotFoundError(f"init: {cfg.init} is not a model folder; run the pretraining stage first (configs/toy/pretrain.yaml)")
     enc = load_encoder(cfg.data.encoder)
     seed_everything(cfg.train.seed)
     model, tok, mcfg = load_mllm(cfg.init, on_meta=builds_on_meta(cfg.train))  # under FSDP only rank 0 reads the weights
@@ -286,7 +286,7 @@ def understanding_scores(items:list[dict], answers:list[str]) -> dict:
 def t2i_table(model, tok, enc, decoders:list, # the t2i instruct model, its tokenizer, the encoder, D_0 … D_4
               items:list[dict], # t2i test examples
               seeds:tuple[int, ...]=(0, 1), lpips_model=None, **sample_kw) -> tuple[dict, dict]:
-    "Table 2 on ShapesWorld: exact scores per scale and for the 5-scale max, and LPIPS_d; with the pictures `{i: (B, 3, H, W)}`."
+    "Table 2 on ShapesWorld: exact scores per scale and for the 5-scale max, and LPIPS_d; with the pictures `{i: (B, seeds, 3, H, W)}`."
     from puma_nb.reconstruction import lpips_distance
     f_hat = generate_pyramids(model, tok, enc, items, 0)
     rows, pictures, per_item = {}, {}, []
@@ -295,7 +295,7 @@ def t2i_table(model, tok, enc, decoders:list, # the t2i instruct model, its toke
         surv = [scene_survival(items, y) for y in ys]
         rows[f"f{i}"] = {k: float(np.mean([r[k] for sv in surv for r in sv])) for k in surv[0][0]}
         if len(seeds) > 1 and lpips_model is not None: rows[f"f{i}"]["lpips_d"] = float(lpips_distance(lpips_model, ys[0], ys[1]).mean())
-        pictures[i] = ys[0]; per_item.append(surv)  # [scale][seed][example]
+        pictures[i] = torch.stack(ys, 1); per_item.append(surv)  # [scale][seed][example]
     rows["max5"] = {k: float(np.mean([any(per_item[i][s][b][k] for i in range(len(decoders)))
                                       for s in range(len(seeds)) for b in range(len(items))])) for k in per_item[0][0][0]}
     return rows, pictures
@@ -334,8 +334,8 @@ def conditional_right(item:dict, image:torch.Tensor, surv:dict[str, bool]) -> bo
 def conditional_table(model, tok, enc, decoders:list, # the conditional instruct model, its tokenizer, the encoder, D_0 … D_4
                       items:list[dict], # conditional test examples (all three kinds)
                       scales:tuple[int, ...]=(0,), # the scales decoded; `score` is f0's (the paper's), `per_scale` and `max5` all of them
-                      seed:int=0, **sample_kw) -> tuple[dict, torch.Tensor]:
-    "Exact scores of conditional generation per kind (`CONDITIONAL_SCORE`), from f0 and per scale; with f0's pictures."
+                      seed:int=0, **sample_kw) -> tuple[dict, dict]:
+    "Exact scores of conditional generation per kind (`CONDITIONAL_SCORE`), from f0 and per scale; with the pictures `{i: (B, 3, H, W)}`."
     if 0 not in scales: raise ValueError(f"scales must include 0 (`score` is f0's), got {tuple(scales)}")
     f_hat = generate_pyramids(model, tok, enc, items, 0)
     right, pictures, surv = {}, {}, {}
@@ -350,4 +350,4 @@ def conditional_table(model, tok, enc, decoders:list, # the conditional instruct
         rows[kind] = {"score": float(np.mean([right[0][b] for b in idx])), "scene": float(np.mean([surv[0][b]["scene"] for b in idx])),
                       "n": len(idx), "per_scale": {f"f{i}": float(np.mean([right[i][b] for b in idx])) for i in scales}}
         if len(scales) > 1: rows[kind]["max5"] = float(np.mean([any(right[i][b] for i in scales) for b in idx]))
-    return rows, pictures[0]
+    return rows, pictures

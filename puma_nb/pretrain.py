@@ -98,7 +98,7 @@ def paper_schedule(steps:int, lr_backbone:float=3e-5, lr_projectors:float=1e-4, 
 
 @dataclass
 class PretrainRunConfig:
-    "`configs/pretrain_tiny.yaml`: MLLM pretraining."
+    "`configs/toy/pretrain.yaml`: MLLM pretraining."
     stage: Literal["pretrain"] = "pretrain"
     train: TrainConfig = field(default_factory=lambda: paper_schedule(100_000, batch_size=2048, out_dir="runs/pretrain"))
     model: MLLMConfig = field(default_factory=MLLMConfig)

@@ -273,7 +273,7 @@ class ClipDataConfig:
 
 @dataclass
 class ClipRunConfig:
-    "`configs/clip_tiny.yaml`: the tiny CLIP, trained contrastively on ShapesWorld captions, and its tokens on their phrases."
+    "`configs/toy/clip.yaml`: the tiny CLIP, trained contrastively on ShapesWorld captions, and its tokens on their phrases."
     stage: Literal["clip"] = "clip"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1600, batch_size=64, lr=1e-3, weight_decay=0.1,
                                                                    warmup_steps=40, out_dir="runs/clip",
@@ -346,7 +346,7 @@ def load_clip(folder) -> tuple[open_clip.CLIP, TinyClipConfig]:
     "Load what `save_clip` wrote."
     from puma_nb.config import from_dict
     folder = Path(folder)
-    if not (folder / "model.safetensors").exists(): raise FileNotFoundError(f"no tiny CLIP in {folder}: train it with configs/clip_tiny.yaml")
+    if not (folder / "model.safetensors").exists(): raise FileNotFoundError(f"no tiny CLIP in {folder}: train it with configs/toy/clip.yaml")
     saved = json.loads((folder / "config.json").read_text())
     saved.setdefault("pool", "tok")  # written before `pool` existed: those CLIPs pooled the CLS token
     saved.setdefault("attn_window", 0)  # written before `attn_window` existed: those CLIPs attended globally

@@ -148,7 +148,7 @@ def figure3(x:torch.Tensor, # originals (B, 3, H, W)
     return fig
 
 # %% ../nbs/05_reconstruction.ipynb #a9fdb490
-def train_decoders(base:DecoderRunConfig, # the recipe (`configs/decoder_tiny.yaml`); its scale and out_dir are set here
+def train_decoders(base:DecoderRunConfig, # the recipe (`configs/toy/decoder_f0.yaml`); its scale and out_dir are set here
                    steps:int|Sequence[int], # a total, split over D_0 … D_4 in the ratio 40:30:20:15:10, or D_0 … D_4's own counts
                    out_dir, # gets `f0` … `f4` (runs) and `unet_1` … `unet_256` (exports)
                    progress:bool=True,

@@ -1,4 +1,4 @@
-"The main job: `puma-nb smoke` writes the run folder of DESIGN §6 from a clean start."
+"The main job: `puma-nb smoke` writes its run folder from a clean start, training the files of configs/toy/."
 import fcntl, json, os, re, subprocess, sys
 from collections import Counter
 from pathlib import Path
@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from puma_nb import toyworld as tw
-from puma_nb.cli import PRESETS, STAGES, instruct_recipe
+from puma_nb.job import PRESETS, STAGES, job_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 P = PRESETS["smoke"]  # what the smoke job was asked to do; the tests below check that its run folder did it
+TOY = job_configs(PRESETS["toy"])  # the recipe: configs/toy/, as `puma-nb toy` trains it
 IMAGE_TASKS = ("t2i", "edit", "conditional")
 
 
@@ -31,7 +32,7 @@ def smoke(tmp_path_factory):
             # One OpenMP thread, as every other subprocess test: two, beside the other worker on 2 cores, make each of the
             # generation's small ops wait for a descheduled thread, and a CI run once passed 900 s at the t2i stage.
             try:
-                r = subprocess.run([str(exe), "smoke", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                r = subprocess.run([str(exe), "smoke", "--out", str(out), "--lanes", "2"], capture_output=True, text=True, timeout=900,
                                    env={"HF_HUB_OFFLINE": "1", "PATH": str(exe.parent) + ":/usr/bin:/bin", "MPLBACKEND": "Agg",
                                         "OMP_NUM_THREADS": "1"})
                 res = {"returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
@@ -51,9 +52,12 @@ def test_smoke_clock_prints_each_stage_with_its_eta(smoke):
     "Before each stage, the time so far and the ETA of the rest (JobClock, from Preset.expected_seconds); each stage timed."
     report, n = smoke.report, len(STAGES)
     assert report["preset"] == "smoke" and report["seconds"] > 0
-    assert re.search(rf"^\[1/{n}\] {STAGES[0]} · 0:00:0\d so far · about \d+:\d\d:\d\d left$", smoke.stdout, re.M), smoke.stdout[:500]
+    lane = r"( · lane \d of 2, \d threads?)?"  # the smoke job runs in two lanes
+    assert re.search(rf"^\[1/{n}\] {STAGES[0]} · 0:00:0\d so far · about \d+:\d\d:\d\d left{lane}$", smoke.stdout, re.M), smoke.stdout[:500]
     assert re.search(rf"^\[{n}/{n}\] {STAGES[-1]} · \d+:\d\d:\d\d so far · ", smoke.stdout, re.M), smoke.stdout[-2000:]
-    assert list(report["stage_seconds"]) == list(STAGES) and sum(report["stage_seconds"].values()) <= report["seconds"]
+    assert list(report["stage_seconds"]) == list(STAGES) and all(v > 0 for v in report["stage_seconds"].values())
+    from puma_nb.job import critical_path  # two lanes: the wall time lies between the critical path and the serial sum
+    assert critical_path(report["stage_seconds"])[0] - 2 <= report["seconds"] <= sum(report["stage_seconds"].values()) + 2
 
 
 def test_smoke_data_splits_and_manifests(smoke):
@@ -76,23 +80,62 @@ def test_smoke_dataset_card(smoke):
 
 def test_smoke_pyramid_stage_trains_the_clip_and_probes_the_scales(smoke):
     out, pyr = smoke.out, smoke.report["pyramid"]
-    assert pyr["clip_steps"] == P.clip_steps and 0 <= pyr["retrieval"]["t2i_top1"] <= 1
+    assert pyr["clip_steps"] == P.max_steps and 0 <= pyr["retrieval"]["t2i_top1"] <= 1
     assert set(pyr["probe"]) == {"f0", "f1", "f2", "f3", "f4"} and "encoder" in smoke.report["stand_ins"]
     assert (out / "clip" / "model" / "model.safetensors").exists() and (out / "clip" / "metrics.jsonl").exists()
 
 
-def test_smoke_decoders_each_train_at_their_lr_and_make_table1(smoke):
+def test_smoke_decoders_each_train_at_their_files_lr_and_make_table1(smoke):
     out, report = smoke.out, smoke.report
     assert all((out / "decoders" / f"unet_{n}" / "config.json").exists() for n in (1, 4, 16, 64, 256))
-    # each decoder trained at its own peak lr (`Preset.decoder_lr`); D_0's own run folder holds its reader-loss steps, which
-    # continue the decay, so its peak is in the run before them (`plain_folder`)
+    # each decoder trained at its file's peak lr; D_0's own run folder holds its reader-loss steps, which continue the
+    # decay, so its peak is in the run before them (`plain_folder`)
     lr_of = lambda d: json.loads((out / "decoders" / d / "config.json").read_text())["train"]["lr"]
-    assert [lr_of("f0/plain")] + [lr_of(f"f{i}") for i in range(1, 5)] == list(P.decoder_lr)
+    assert [lr_of("f0/plain")] + [lr_of(f"f{i}") for i in range(1, 5)] == [TOY[f"decoder_f{i}"].train.lr for i in range(5)] == [3e-3] + [1e-3] * 4
     t1 = report["table1"]
     assert json.loads((out / "table1.json").read_text())["table1"] == t1  # kept for a resumed job
     assert list(t1) == ["f0", "f1", "f2", "f3", "f4"]
     assert all(set(r) >= {"psnr_r", "lpips_r", "psnr_d", "lpips_d", "color", "shape", "position", "background"} for r in t1.values())
     assert "lpips" in report["stand_ins"] and report["table1_info"]["n_images"] == P.table1_n
+
+
+def _flat(d:dict, prefix="") -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+def test_smoke_trains_each_file_of_configs_toy_with_only_the_documented_overrides(smoke):
+    """Each run of the job is its file in configs/toy/ (`RUNS`), changed only where `preset_overrides` documents: the run folder,
+    the CLIP's test size and the smoke preset's step cut. The run's own config.json (written by `fit`) says the same."""
+    from puma_nb.config import from_dict, read_yaml, to_dict
+    from puma_nb.job import CONFIGS, RUN_CONFIGS, RUNS
+    documented = {"train.out_dir", "export_dir", "init", "data.encoder", "data.n_test", "train.steps", "train.warmup_steps", "reader_steps"}
+    names, out = [n for ns in RUNS.values() for n in ns], smoke.out
+    assert sorted(p.stem for p in out.joinpath("configs").iterdir()) == sorted(names) == sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    for name in names:
+        d = read_yaml(CONFIGS / f"{name}.yaml")
+        file, trained = _flat(to_dict(from_dict(RUN_CONFIGS[d["stage"]], d))), _flat(read_yaml(out / "configs" / f"{name}.yaml"))
+        changed = {k for k in file if file[k] != trained[k]}
+        assert changed <= documented, (name, {k: (file[k], trained[k]) for k in changed - documented})
+        assert trained["train.steps"] == min(file["train.steps"], P.max_steps)
+        assert all(str(trained[k]).startswith(str(out)) for k in ("train.out_dir", "data.encoder") if k in trained)
+        if d["stage"] not in ("decoder", "clip"):  # a decoder's config.json is its last phase's (`train_decoder`)
+            ran = _flat(json.loads((Path(trained["train.out_dir"]) / "config.json").read_text()))
+            assert {k: ran[k] for k in trained} == trained, name
+
+
+def test_the_toy_job_trains_the_files_exactly():
+    "`puma-nb toy` trains each file of configs/toy/ as `python -m puma_nb.train --config` reads it: no override at all."
+    from puma_nb.config import read_yaml, to_dict
+    from puma_nb.job import CONFIGS, preset_overrides
+    from puma_nb.train import resolve
+    for name, cfg in TOY.items():
+        assert preset_overrides(PRESETS["toy"], read_yaml(CONFIGS / f"{name}.yaml")) == []
+        assert to_dict(cfg) == to_dict(resolve(CONFIGS / f"{name}.yaml")[0]), name
+    # the recipe's chain, read from the files: edit and conditional from the t2i model, understanding from its f2 phase
+    assert TOY["edit"].init == TOY["conditional"].init == TOY["t2i"].train.out_dir + "/model"
+    assert TOY["understanding"].init == TOY["understanding_first"].train.out_dir + "/model"
+    assert TOY["decoder_f1"].init == TOY["decoder_f0"].train.out_dir + "/plain/unet_256" and TOY["decoder_f2"].init.endswith("decoders/unet_64")
+    assert TOY["edit"].loss.change_weight == 4 and {TOY[t].loss.change_weight for t in ("t2i", "conditional")} == {1.0}
 
 
 def test_smoke_samples_index_lists_every_picture(smoke):
@@ -102,46 +145,52 @@ def test_smoke_samples_index_lists_every_picture(smoke):
     rec = [r for r in index if r["task"] == "reconstruct"]
     assert len(rec) == P.table1_n * 5 * 2 and all((out / r["source"]).exists() for r in rec)
     assert {r["scale"] for r in rec} == {0, 1, 2, 3, 4} and {r["seed"] for r in rec} == {0, 1}
-    n_cond = P.eval_n // len(tw.CONDITION_KINDS)  # text-to-image at five scales, edits at two
-    assert Counter(r["task"] for r in index) == {"reconstruct": len(rec), "t2i": P.eval_n * 5, "edit": P.eval_n * 2,
-                                                 **dict.fromkeys(tw.CONDITION_KINDS, n_cond)}
+    n_cond = P.eval_n // len(tw.CONDITION_KINDS)  # every picture a table scored: text-to-image at five scales and two seeds,
+    assert Counter(r["task"] for r in index) == {"reconstruct": len(rec), "t2i": P.eval_n * 5 * 2, "edit": P.eval_n * 5,  # the rest at five
+                                                 **dict.fromkeys(tw.CONDITION_KINDS, n_cond * 5)}
     assert all((out / r["path"]).exists() for r in index)
     assert all(r["source"] and (out / r["source"]).exists() for r in index if r["task"] in ("edit", *tw.CONDITION_KINDS))
 
 
-def test_smoke_mllms_start_where_the_preset_says(smoke):
-    "The pretraining and instruct models, each image task's model from the one `Preset.instruct_init` names, each with its recipe's λ."
+def test_smoke_samples_rescore_to_the_reports_exact_scores(smoke):
+    "Anyone can re-score a run from samples/ alone: the parser's scores of Tables 2 and 3 and conditional generation come back exactly."
+    from puma_nb.run_eval import rescore
+    r, report = rescore(smoke.out), smoke.report
+    learned = ("lpips_d", "clip_i", "clip_t", "dino")  # not the parser's: they need the learned models
+    for t in ("table2", "table3", "conditional"):
+        assert r[t] == {k: {a: v for a, v in row.items() if a not in learned} for k, row in report[t].items()}, t
+
+
+def test_smoke_mllms_start_where_their_files_say(smoke):
+    "The pretraining and instruct models, each image task's model from the one its file names, each with its file's λ."
     out, info = smoke.out, smoke.report["mllm_info"]
     assert all((out / d / "model" / "model.safetensors").exists()
                for d in ("pretrain", "instruct/t2i", "instruct/edit", "instruct/conditional", "instruct/understanding"))
     init = {t: _config(out, t)["init"] for t in IMAGE_TASKS}
-    assert init == {t: str(out / "instruct" / P.instruct_init[t] / "model") if t in P.instruct_init else str(out / "pretrain" / "model")
-                    for t in IMAGE_TASKS}
-    assert init["edit"] == str(out / "instruct" / "t2i" / "model")  # the smoke job exercises the chain
-    assert info["init"] == P.instruct_init
-    assert all(_config(out, t)["train"]["steps"] == P.instruct_steps[t] for t in IMAGE_TASKS)
-    # the edit model weighs the tokens its edit changes more (`EDIT_CHANGE_WEIGHT`); the others train on PUMA's Eq. 2
+    assert init == {"t2i": str(out / "pretrain" / "model"), "edit": str(out / "instruct" / "t2i" / "model"),
+                    "conditional": str(out / "instruct" / "t2i" / "model")}
+    assert info["init"] == {"edit": "t2i", "conditional": "t2i"}
+    assert all(_config(out, t)["train"]["steps"] == P.max_steps for t in IMAGE_TASKS)
     loss = {t: _config(out, t)["loss"]["change_weight"] for t in IMAGE_TASKS}
-    assert loss == {t: instruct_recipe(t, "m", "e").loss.change_weight for t in IMAGE_TASKS} and loss["edit"] > 1
+    assert loss == {t: TOY[t].loss.change_weight for t in IMAGE_TASKS} and loss["edit"] > 1
     assert info["change_weight"] == {t: w for t, w in loss.items() if w != 1}
 
 
-def test_smoke_understanding_models_read_the_scales_the_preset_asks(smoke):
-    """The understanding model reads `Preset.understanding_first`'s scales alone first, then all five from that model;
-    Table 5's models, one per input, and its all-scale row, each from the pretraining checkpoint."""
+def test_smoke_understanding_models_read_the_scales_their_files_ask(smoke):
+    """The understanding model reads f2 alone first, then all five from that model; Table 5's models, one per input, and
+    its all-scale row, each from the pretraining checkpoint."""
     out, info = smoke.out, smoke.report["mllm_info"]
     names = ["understanding_first", "understanding", "understanding_all"] + [f"understanding_f{i}" for i in range(5)]
     assert all((out / "instruct" / d / "model" / "model.safetensors").exists() for d in names)
     cfgs = {d: _config(out, d) for d in names}
-    assert all(c["data"]["questions"] == P.questions for c in cfgs.values())
+    assert all(c["data"]["questions"] == 8 for c in cfgs.values())
     assert [cfgs[f"understanding_f{i}"]["data"]["input_scales"] for i in range(5)] == [[i] for i in range(5)]
-    scales, steps = P.understanding_first.scales, P.understanding_first.steps
-    assert (cfgs["understanding_first"]["data"]["input_scales"], cfgs["understanding_first"]["train"]["steps"]) == (list(scales), steps)
+    assert cfgs["understanding_first"]["data"]["input_scales"] == [2]
     assert cfgs["understanding"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
     assert cfgs["understanding"]["init"] == str(out / "instruct" / "understanding_first" / "model")
     assert cfgs["understanding_all"]["init"] == cfgs["understanding_f0"]["init"] == str(out / "pretrain" / "model")
     assert cfgs["understanding_all"]["data"]["input_scales"] == [4, 3, 2, 1, 0]
-    assert info["understanding_first"] == {"scales": list(scales), "steps": steps}
+    assert info["understanding_first"] == {"scales": [2], "steps": P.max_steps}
 
 
 def test_smoke_tables_2_3_5_conditional_and_understanding(smoke):
@@ -164,7 +213,10 @@ def test_smoke_report_text_and_figures(smoke):
     out = smoke.out
     text = (out / "REPORT.md").read_text()
     assert "its numbers mean nothing" in "\n".join(text.splitlines()[:4])  # said at the top: a smoke run checks plumbing only
-    assert "first reads only f2 for 1 steps" in text  # the smoke preset's understanding_first, UnderstandingFirst((2,), 1)
+    assert f"first reads only f2 for {P.max_steps} steps" in text  # configs/toy/understanding_first.yaml, cut to the smoke's steps
+    assert "**commit** `" in text and "**command** `puma-nb smoke --out " in text  # the header, written by the job
+    job = json.loads((out / "job.json").read_text())
+    assert len(job["runs"]) == 1 and job["runs"][0]["from"] == "data" and smoke.report["job"]["commit"] == job["commit"]
     assert "edit weighs each token its edit changes as 4 kept ones" in text and "edit starts from the finished t2i model" in text
     assert "an answer of the asked kind" in text
     assert "| task | what must be right | score (f0) | whole scene (f0) | f1 | f2 | f3 | f4 | max5 |" in text
@@ -179,125 +231,34 @@ def test_bad_preset_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
 
 
-def test_a_preset_whose_models_start_from_a_later_one_is_a_clear_error():
-    "Preset.instruct_init names, for an image task, a task trained before it (INSTRUCT_TASKS' order)."
-    from puma_nb.cli import Preset
-    with pytest.raises(ValueError, match=r"instruct_init\['t2i'\] = 'edit': a model starts from one trained before it"):
-        Preset("bad", 10, 10, 10, instruct_init={"t2i": "edit"})
-    with pytest.raises(ValueError, match=r"instruct_init\['edit'\] = 'pretrain'"):
-        Preset("bad", 10, 10, 10, instruct_init={"edit": "pretrain"})
-    with pytest.raises(ValueError, match="'understanding' is not an image task"):
-        Preset("bad", 10, 10, 10, instruct_init={"understanding": "t2i"})
-    assert Preset("plain", 10, 10, 10, instruct_init={}).instruct_init == {}  # every model from the pretraining, as PUMA
-    assert PRESETS["toy"].instruct_init == {"edit": "t2i", "conditional": "t2i"}  # the toy recipe: both from the text-to-image model
-
-
-def test_the_understanding_models_first_phase_is_named_or_none():
-    "Preset.understanding_first: an UnderstandingFirst(scales, steps), or None for PUMA's one phase from the pretraining."
-    from puma_nb.cli import Preset, UnderstandingFirst
-    assert PRESETS["toy"].understanding_first == UnderstandingFirst(scales=(2,), steps=1500)
-    assert Preset("plain", 10, 10, 10, understanding_first=None).understanding_first is None
-    with pytest.raises(TypeError, match="an UnderstandingFirst"):
-        Preset("bad", 10, 10, 10, understanding_first=((2,), 1500))
-    with pytest.raises(ValueError, match="scales among 0"):
-        UnderstandingFirst(scales=(5,))
-    with pytest.raises(ValueError, match="at least 1"):
-        UnderstandingFirst(steps=0)
-
-
 def test_both_presets_have_an_eta_for_every_stage():
     "The main job's ETA needs each stage's reference seconds (Preset.expected_seconds, measured on the 2-core CPU)."
-    from puma_nb.cli import PRESETS, STAGES, Preset
+    from puma_nb.job import PRESETS, STAGES, Preset
     assert all(set(p.expected_seconds) == set(STAGES) for p in PRESETS.values())
     with pytest.raises(ValueError, match=r"unknown stages \['decoder'\]"):
         Preset("bad", 10, 10, 10, expected_seconds={"decoder": 60})
-
-
-def test_config_file_matches_the_main_jobs_decoder_recipe():
-    from puma_nb.cli import decoder_recipe
-    from puma_nb.config import load_config, to_dict
-    from puma_nb.decoder import DecoderRunConfig
-    a = to_dict(load_config(DecoderRunConfig, ROOT / "configs" / "decoder_tiny.yaml"))
-    b = to_dict(decoder_recipe("runs/clip/model"))
-    assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-
-
-def test_config_files_match_the_main_jobs_mllm_recipes():
-    from puma_nb.cli import instruct_recipe, pretrain_recipe
-    from puma_nb.config import load_config, to_dict
-    from puma_nb.instruct import INSTRUCT_TASKS, InstructRunConfig
-    from puma_nb.pretrain import PretrainRunConfig
-    a = to_dict(load_config(PretrainRunConfig, ROOT / "configs" / "pretrain_tiny.yaml"))
-    b = to_dict(pretrain_recipe("runs/clip/model"))
-    assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-    per_task = {"edit": ["loss.change_weight=4"]}  # the edit model's λ (`EDIT_CHANGE_WEIGHT`), as the file's header writes its command
-    for task in INSTRUCT_TASKS:
-        a = to_dict(load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml",
-                                [f"task={task}", f"train.out_dir=runs/instruct/{task}", *per_task.get(task, [])]))
-        b = to_dict(instruct_recipe(task, "runs/pretrain/model", "runs/clip/model"))
-        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-    assert instruct_recipe("edit", "m", "e").loss.change_weight == 4 and instruct_recipe("conditional", "m", "e").loss.change_weight == 1
-
-
-def _instruct_header_commands() -> list[list[str]]:
-    "The arguments after `instruct_tiny.yaml` of each command in configs/instruct_tiny.yaml's header, continued lines joined."
-    text = (ROOT / "configs" / "instruct_tiny.yaml").read_text()
-    header = "\n".join(l.lstrip("# ") for l in text.splitlines() if l.startswith("#")).replace("\\\n", " ")
-    return [l.split("instruct_tiny.yaml", 1)[1].split() for l in header.splitlines() if "instruct_tiny.yaml" in l and "task=" in l]
-
-
-def test_the_instruct_configs_edit_and_conditional_commands_start_from_the_t2i_model():
-    "configs/instruct_tiny.yaml's header gives the main job's edit and conditional runs, each from the t2i run's model (`Preset.instruct_init`), with their recipe's loss."
-    from puma_nb.cli import PRESETS, instruct_recipe
-    from puma_nb.config import load_config
-    from puma_nb.instruct import InstructRunConfig
-    path = ROOT / "configs" / "instruct_tiny.yaml"
-    lines = [c for c in _instruct_header_commands() if "task=understanding" not in c]
-    runs = {c.task: c for c in (load_config(InstructRunConfig, path, a) for a in lines)}
-    assert len(runs) == len(lines), lines  # one command a task
-    p = PRESETS["toy"]
-    assert set(runs) == {"t2i", *p.instruct_init} and runs["t2i"].init == "runs/pretrain/model"
-    for task, src in p.instruct_init.items():
-        assert runs[task].init == runs[src].train.out_dir + "/model" and runs[task].train.out_dir == f"runs/instruct/{task}"
-        n = p.instruct_steps[task]
-        assert (runs[task].train.steps, runs[task].train.warmup_steps) == (n, max(1, n // 20))  # as `build_mllms` sets them
-        assert runs[task].loss == instruct_recipe(task, "m", "e").loss  # the edit command carries the recipe's λ
-
-
-def test_the_instruct_configs_two_understanding_commands_are_the_main_jobs():
-    "configs/instruct_tiny.yaml's header gives the two runs of the main job's understanding model (`Preset.understanding_first`)."
-    from puma_nb.cli import PRESETS
-    from puma_nb.config import load_config
-    from puma_nb.instruct import InstructRunConfig
-    path = ROOT / "configs" / "instruct_tiny.yaml"
-    cmds = [c for c in _instruct_header_commands() if "task=understanding" in c]
-    assert len(cmds) == 2, cmds
-    first, second = (load_config(InstructRunConfig, path, c) for c in cmds)
-    p = PRESETS["toy"]
-    scales, n1 = p.understanding_first.scales, p.understanding_first.steps
-    assert (first.data.input_scales, first.train.steps, first.train.warmup_steps) == (scales, n1, max(1, n1 // 20))
-    assert first.data.questions == second.data.questions == p.questions
-    assert second.init == first.train.out_dir + "/model" and second.data.input_scales == (4, 3, 2, 1, 0)
-    assert second.train.steps == p.instruct_steps["understanding"]
-
-
-def test_the_instruct_configs_t2i_command_is_the_main_jobs():
-    "configs/instruct_tiny.yaml's header gives the main job's text-to-image run (its steps, `Preset.instruct_steps`, and warm-up)."
-    from puma_nb.cli import PRESETS
-    from puma_nb.config import load_config
-    from puma_nb.instruct import InstructRunConfig
-    path = ROOT / "configs" / "instruct_tiny.yaml"
-    cmds = [c for c in _instruct_header_commands() if "task=t2i" in c]
-    assert len(cmds) == 1
-    cfg, n = load_config(InstructRunConfig, path, cmds[0]), PRESETS["toy"].instruct_steps["t2i"]
-    assert (cfg.task, cfg.train.steps, cfg.train.warmup_steps) == ("t2i", n, max(1, n // 20))  # as `build_mllms` sets them
 
 
 def test_figure_titles_keep_the_whole_caption():
     "figure6/figure10's column titles: a long caption wraps onto as many lines as it needs, cut nowhere."
     import matplotlib; matplotlib.use("Agg")
     import torch
-    from puma_nb.cli import picture_grid
+    from puma_nb.run_eval import picture_grid
     caption = "a small purple triangle at the bottom right and a large yellow square at the top left on a gray background"
     fig = picture_grid([[torch.rand(3, 64, 64)]], ["f0"], [caption])
     assert fig.axes[0].get_title().replace("\n", " ") == caption
+
+
+def test_job_time_reads_the_stage_seconds_and_the_critical_path(smoke):
+    "benchmarks/job_time.py: each stage's seconds, their serial sum, the threads, and the longest chain through `NEEDS`."
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "job_time.py"), str(smoke.out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)
+    sec = smoke.report["stage_seconds"]
+    assert t["stage_seconds"] == sec and t["serial_seconds"] == pytest.approx(sum(sec.values()), abs=0.2)
+    assert t["critical_path_seconds"] - 2 <= smoke.report["seconds"] <= t["serial_seconds"] + 2  # two lanes: in between
+    assert all(v > 0 for v in sec.values()) and t["invocations"] == 1 and t["lanes"] == [2]
+    assert t["critical_path"][-1] == "evaluation" and t["critical_path_seconds"] <= t["serial_seconds"]
+    from puma_nb.job import NEEDS
+    path = t["critical_path"]
+    assert all(a in NEEDS[b] for a, b in zip(path, path[1:]))  # a chain of the stage graph

@@ -167,7 +167,7 @@ def test_decoder_stage_from_its_config_file(tmp_path):
     from puma_nb.train import main as train_main
     root = Path(__file__).resolve().parents[1]
     save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
-    args = ["--config", str(root / "configs/decoder_tiny.yaml"), "scale=1", "train.steps=3", "train.warmup_steps=1",
+    args = ["--config", str(root / "configs/toy/decoder_f0.yaml"), "scale=1", "export_dir=", "train.steps=3", "train.warmup_steps=1",
             "train.batch_size=4", f"train.out_dir={tmp_path / 'd1'}", "train.progress=false", f"data.encoder={tmp_path / 'clip'}"]
     assert train_main(args) == 0
     d = load_puma_decoder(tmp_path / "d1" / "unet_64")

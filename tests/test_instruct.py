@@ -101,8 +101,8 @@ def test_generation_shapes():
     assert len(a) == 3 and all(isinstance(s, str) for s in a)
     cond = [InstructData("conditional", 6, "test")[k] for k in range(6)]
     Ds = [build_decoder(i, DecoderConfig(feature_dim=enc.width)).eval() for i in range(5)]
-    rows, y0 = conditional_table(model, tok, enc, Ds, cond, scales=(0, 3), steps=2, guidance=1.0)
-    assert y0.shape == (6, 3, 64, 64) and set(rows) == set(tw.CONDITION_KINDS)
+    rows, pics = conditional_table(model, tok, enc, Ds, cond, scales=(0, 3), steps=2, guidance=1.0)
+    assert set(pics) == {0, 3} and pics[0].shape == pics[3].shape == (6, 3, 64, 64) and set(rows) == set(tw.CONDITION_KINDS)
     for r in rows.values():
         assert set(r["per_scale"]) == {"f0", "f3"} and r["score"] == r["per_scale"]["f0"] and r["n"] == 2
         assert max(r["per_scale"].values()) <= r["max5"] <= sum(r["per_scale"].values())
@@ -121,9 +121,9 @@ def _init(tmp_path, feature_dim=None):
 
 def test_instruct_stage_from_its_config_file(tmp_path):
     _init(tmp_path)
-    cfg = load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml")
+    cfg = load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml")
     assert cfg.task == "t2i" and cfg.train.precision == "auto"  # bf16 where the CPU has it natively
-    args = ["--config", str(ROOT / "configs" / "instruct_tiny.yaml"), "task=understanding", f"init={tmp_path / 'pre'}",
+    args = ["--config", str(ROOT / "configs" / "toy" / "t2i.yaml"), "task=understanding", f"init={tmp_path / 'pre'}",
             f"data.encoder={tmp_path / 'clip'}", "data.n_train=100", "train.steps=4", "train.warmup_steps=1", "train.batch_size=4",
             "train.log_every=1", "train.progress=false", f"train.out_dir={tmp_path / 'und'}", "data.questions=3"]
     r = subprocess.run([sys.executable, "-m", "puma_nb.train", *args], capture_output=True, text=True,
@@ -145,9 +145,9 @@ def test_instruct_stage_refuses_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="reads 24-wide features"): train_instruct(base)
     base.init = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="run the pretraining stage first"): train_instruct(base)
-    with pytest.raises(ConfigError): load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=captioning"])
+    with pytest.raises(ConfigError): load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml", ["task=captioning"])
     with pytest.raises(ConfigError, match="image_stride 100 is shorter than an image"):
-        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["image_stride=100"])
+        load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml", ["image_stride=100"])
 
 
 def test_understanding_can_read_fewer_scales():
@@ -159,10 +159,10 @@ def test_understanding_can_read_fewer_scales():
     assert len(full["input_ids"]) - len(only_f4["input_ids"]) == 340 and torch.equal(only_f4["features"], f["image"][:1])
     assert torch.equal(build_sequence(tok, instruct_segments(it, f, input_scales=(0,)))["features"], f["image"][85:])
     with pytest.raises(ConfigError, match="input_scales must be"):
-        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=understanding", "data.input_scales=[5]"])
+        load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml", ["task=understanding", "data.input_scales=[5]"])
     with pytest.raises(ConfigError, match="understanding task only"):
-        load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=t2i", "data.input_scales=[0]"])
-    assert load_config(InstructRunConfig, ROOT / "configs" / "instruct_tiny.yaml", ["task=understanding", "data.input_scales=[2]"]).data.input_scales == (2,)
+        load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml", ["task=t2i", "data.input_scales=[0]"])
+    assert load_config(InstructRunConfig, ROOT / "configs" / "toy" / "t2i.yaml", ["task=understanding", "data.input_scales=[2]"]).data.input_scales == (2,)
 
 
 def test_understanding_conversations_ask_several_questions_per_picture():
@@ -183,7 +183,7 @@ def test_understanding_conversations_ask_several_questions_per_picture():
     assert torch.equal(build_sequence(tok, instruct_segments(many[3], f, with_target=False))["input_ids"],
                        build_sequence(tok, instruct_segments(one[3], f, with_target=False))["input_ids"])
     with pytest.raises(ValueError, match="questions must be at least 1"): InstructData("understanding", 3, questions=0)
-    cfg = ROOT / "configs" / "instruct_tiny.yaml"
+    cfg = ROOT / "configs" / "toy" / "t2i.yaml"
     assert load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=8"]).data.questions == 8
     with pytest.raises(ConfigError, match="understanding task only"): load_config(InstructRunConfig, cfg, ["task=t2i", "data.questions=2"])
     with pytest.raises(ConfigError, match="at least 1"): load_config(InstructRunConfig, cfg, ["task=understanding", "data.questions=0"])
@@ -224,11 +224,11 @@ def test_understanding_ablation_script(tmp_path, run_folder, monkeypatch, capsys
     "experiments/understanding_ablation.py (08_instruct's table): the run it asks for, a second phase, scoring alone; an oracle's answers score 1."
     import json
     from puma_nb import instruct
-    from puma_nb.cli import instruct_recipe
+    from puma_nb.job import PRESETS, job_configs
     run = run_folder
     out = bench("understanding_ablation.py", "--run", run, "--out", tmp_path / "und", "--questions", 3, "--steps", 2, "--scales", 1, "--eval", 6)
     assert (out["questions"], out["steps"], out["scales"]) == (3, 2, [1]) and out["train_seconds"] > 0
-    assert out["lr"] == instruct_recipe("understanding", "m", "e").train.lr  # the tiny recipe's, as no --lr was given
+    assert out["lr"] == job_configs(PRESETS["toy"])["understanding"].train.lr  # the tiny recipe's, as no --lr was given
     assert json.loads((tmp_path / "und" / "config.json").read_text())["data"]["questions"] == 3  # the run used the conversations
     assert len(read_metrics(tmp_path / "und")) >= 1 and read_metrics(tmp_path / "und")[-1]["step"] == 2
     first = tmp_path / "und" / "model"  # a second phase from it, on all five scales; then the first model scored again, untrained

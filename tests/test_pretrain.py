@@ -50,9 +50,9 @@ def test_paper_schedule_scales_the_warmup():
 
 def test_pretrain_stage_from_its_config_file_resumes_exactly(tmp_path):
     save_clip(tiny_clip(), TinyClipConfig(), tmp_path / "clip")
-    cfg = load_config(PretrainRunConfig, ROOT / "configs" / "pretrain_tiny.yaml")
+    cfg = load_config(PretrainRunConfig, ROOT / "configs" / "toy" / "pretrain.yaml")
     assert cfg.model.kind == "tiny" and cfg.train.param_groups
-    args = ["--config", str(ROOT / "configs" / "pretrain_tiny.yaml"), f"data.encoder={tmp_path / 'clip'}", "data.n_train=200",
+    args = ["--config", str(ROOT / "configs" / "toy" / "pretrain.yaml"), f"data.encoder={tmp_path / 'clip'}", "data.n_train=200",
             "train.steps=6", "train.warmup_steps=2", "train.batch_size=4", "train.log_every=1", "train.progress=false", "model.hidden_size=64",
             "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
     run = lambda out, *extra: subprocess.run([sys.executable, "-m", "puma_nb.train", *args, f"train.out_dir={out}", *extra],

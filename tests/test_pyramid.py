@@ -203,7 +203,7 @@ def test_dense_weight_zero_is_plain_clip_and_one_adds_the_token_loss():
 def test_clip_stage_with_the_token_loss_under_torchrun(tmp_path):
     import json
     from _helpers import run_train
-    run_train("clip_tiny.yaml", "train.steps=2", "train.warmup_steps=1", "train.batch_size=8", "data.n_train=64", "data.n_test=16",
+    run_train("toy/clip.yaml", "train.steps=2", "train.warmup_steps=1", "train.batch_size=8", "data.n_train=64", "data.n_test=16",
               f"train.out_dir={tmp_path}", ranks=2)
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and "dense" in rows[-1] and (tmp_path / "model" / "model.safetensors").exists()

@@ -62,9 +62,9 @@ def test_pretraining_on_shards_grounding_and_text_resumes_exactly(data, tmp_path
               f"data.text={data / 'text.jsonl'}", "data.shuffle_buffer=8", "data.max_bad_rate=0.2", "train.steps=6",
               "train.warmup_steps=1", "train.batch_size=8", "train.micro_batch_size=4", "train.log_every=1",
               "train.progress=false", "train.precision=fp32", *TINY_MLLM]
-    train("pretrain_tiny.yaml", *common, f"train.out_dir={tmp_path / 'a'}")
-    train("pretrain_tiny.yaml", *common, f"train.out_dir={tmp_path / 'b'}", "train.stop_after=3")
-    out = train("pretrain_tiny.yaml", *common, f"train.out_dir={tmp_path / 'b'}")
+    train("toy/pretrain.yaml", *common, f"train.out_dir={tmp_path / 'a'}")
+    train("toy/pretrain.yaml", *common, f"train.out_dir={tmp_path / 'b'}", "train.stop_after=3")
+    out = train("toy/pretrain.yaml", *common, f"train.out_dir={tmp_path / 'b'}")
     assert "resuming from step 3" in out
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b] and len(a) == 6
@@ -74,17 +74,17 @@ def test_pretraining_on_shards_grounding_and_text_resumes_exactly(data, tmp_path
 
 
 def test_decoder_on_shards_and_edit_model_on_a_manifest(data, tmp_path):
-    train("decoder_tiny.yaml", "scale=3", f"data.encoder={data / 'clip'}", f"data.shards={data / 'pairs'}", "data.shuffle_buffer=8",
+    train("toy/decoder_f0.yaml", "scale=3", "export_dir=", f"data.encoder={data / 'clip'}", f"data.shards={data / 'pairs'}", "data.shuffle_buffer=8",
           "data.max_bad_rate=0.2", "train.steps=2", "train.warmup_steps=1", "train.batch_size=4", "train.progress=false",
           f"train.out_dir={tmp_path / 'd3'}")
     assert load_puma_decoder(tmp_path / "d3" / "unet_4").n_tokens == 4
-    train("pretrain_tiny.yaml", f"data.encoder={data / 'clip'}", "data.n_train=50", "train.steps=1", "train.warmup_steps=1",
+    train("toy/pretrain.yaml", f"data.encoder={data / 'clip'}", "data.n_train=50", "train.steps=1", "train.warmup_steps=1",
           "train.batch_size=2", "train.progress=false", f"train.out_dir={tmp_path / 'pre'}", *TINY_MLLM)
-    train("instruct_tiny.yaml", "task=edit", f"init={tmp_path / 'pre' / 'model'}", f"data.encoder={data / 'clip'}",
+    train("toy/t2i.yaml", "task=edit", f"init={tmp_path / 'pre' / 'model'}", f"data.encoder={data / 'clip'}",
           f"data.manifest={data / 'edit.jsonl'}", "data.image_size=64", "train.steps=2", "train.warmup_steps=1", "train.batch_size=2",
           "train.progress=false", f"train.out_dir={tmp_path / 'edit'}")
     rows = read_metrics(tmp_path / "edit")
     assert rows[-1]["step"] == 2 and rows[-1]["mse_f0"] > 0  # the edited picture's features were regressed
     with pytest.raises(AssertionError, match="data.shards feeds the t2i task"):
-        train("instruct_tiny.yaml", "task=edit", f"init={tmp_path / 'pre' / 'model'}", f"data.encoder={data / 'clip'}",
+        train("toy/t2i.yaml", "task=edit", f"init={tmp_path / 'pre' / 'model'}", f"data.encoder={data / 'clip'}",
               f"data.shards={data / 'pairs'}", "train.steps=1", "train.warmup_steps=1", f"train.out_dir={tmp_path / 'bad'}")

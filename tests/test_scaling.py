@@ -25,8 +25,8 @@ def test_pretrain_under_fsdp_on_two_ranks_equals_one_process(tmp_path, clip_dir)
             "train.micro_batch_size=2", "train.log_every=1", "train.progress=false", "train.precision=fp32",
             "train.parallel=fsdp", "train.activation_checkpointing=true", "model.hidden_size=64", "model.intermediate_size=128",
             "model.layers=2", "model.heads=2", "model.kv_heads=2"]
-    run_stage("pretrain_tiny.yaml", tmp_path / "one", *args)
-    out = run_stage("pretrain_tiny.yaml", tmp_path / "two", *args, ranks=2)
+    run_stage("toy/pretrain.yaml", tmp_path / "one", *args)
+    out = run_stage("toy/pretrain.yaml", tmp_path / "two", *args, ranks=2)
     assert "rank 0 sent its weights to 1 rank(s) that built the model on meta" in out  # rank 1 read no weights
     same_losses(tmp_path / "one", tmp_path / "two")
     (m1, _, _), (m2, _, _) = load_mllm(tmp_path / "one" / "model"), load_mllm(tmp_path / "two" / "model")
@@ -42,8 +42,8 @@ def test_pretrain_under_ddp_on_two_ranks_equals_one_process(tmp_path, clip_dir):
             "train.micro_batch_size=2", "train.log_every=1", "train.progress=false", "train.precision=fp32",
             "loss.self_feed=1.0", "loss.self_feed_passes=2",
             "model.hidden_size=64", "model.intermediate_size=128", "model.layers=1", "model.heads=2", "model.kv_heads=2"]
-    run_stage("pretrain_tiny.yaml", tmp_path / "one", *args)
-    run_stage("pretrain_tiny.yaml", tmp_path / "two", *args, ranks=2)
+    run_stage("toy/pretrain.yaml", tmp_path / "one", *args)
+    run_stage("toy/pretrain.yaml", tmp_path / "two", *args, ranks=2)
     same_losses(tmp_path / "one", tmp_path / "two")
     (m1, _, c1), (m2, _, _) = load_mllm(tmp_path / "one" / "model"), load_mllm(tmp_path / "two" / "model")
     assert c1.parent_skip and c1.image_pos
@@ -54,10 +54,10 @@ def test_pretrain_under_ddp_on_two_ranks_equals_one_process(tmp_path, clip_dir):
 def test_decoder_sharded_on_two_ranks_equals_one_process(tmp_path, clip_dir):
     # FSDP2 on the UNet's down/mid/up stages with activation checkpointing, against one plain process; the diffusion
     # noise, timesteps and null-condition dropout are keyed by (step, offset in the global batch)
-    args = ["scale=2", f"data.encoder={clip_dir}", "data.n_train=100", "train.steps=3", "train.warmup_steps=1",
+    args = ["scale=2", "export_dir=", f"data.encoder={clip_dir}", "data.n_train=100", "train.steps=3", "train.warmup_steps=1",
             "train.batch_size=4", "train.micro_batch_size=2", "train.log_every=1", "train.progress=false"]
-    run_stage("decoder_tiny.yaml", tmp_path / "one", *args)
-    out = run_stage("decoder_tiny.yaml", tmp_path / "two", *args, "train.parallel=fsdp", "train.activation_checkpointing=true", ranks=2)
+    run_stage("toy/decoder_f0.yaml", tmp_path / "one", *args)
+    out = run_stage("toy/decoder_f0.yaml", tmp_path / "two", *args, "train.parallel=fsdp", "train.activation_checkpointing=true", ranks=2)
     assert "rank 0 sent its weights to 1 rank(s) that built the model on meta" in out
     same_losses(tmp_path / "one", tmp_path / "two")
     d1, d2 = load_puma_decoder(tmp_path / "one" / "unet_16"), load_puma_decoder(tmp_path / "two" / "unet_16")
