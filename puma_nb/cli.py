@@ -25,7 +25,7 @@ def main(argv:list[str]|None=None) -> int:
     ap = argparse.ArgumentParser(prog="puma-nb", description="PUMA on ShapesWorld: the main job (or `puma-nb train ...`, `puma-nb reconstruct ...`).")
     ap.add_argument("preset", choices=list(PRESETS), help="smoke: seconds, for CI; toy: the main job")
     ap.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
-    ap.add_argument("--lanes", type=int, default=1, help="stages run at once, each in its own process with cores/lanes threads (default 1)")
+    ap.add_argument("--lanes", type=int, default=1, help="stages run at once, each in its own process with its share of the free cores (default 1)")
     args = ap.parse_args(argv)
     with stop_on_signals():
         try:

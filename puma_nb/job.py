@@ -30,8 +30,8 @@ from .job_data import build_data, built_data
 __all__ = ['STAGES', 'CONFIGS', 'RUN_FOLDER', 'RUNS', 'RUN_CONFIGS', 'NEEDS', 'PATH_KEYS', 'PRESETS', 'RUNNERS', 'STAND_INS',
            'JobClock', 'Preset', 'preset_overrides', 'job_configs', 'finished', 'stop_unless_done', 'train_runs',
            'machine', 'build_encoder', 'mllm_info', 'stage_progress', 'job_precision', 'source_commit', 'job_record',
-           'write_report', 'run_stage', 'ready', 'name_stop', 'lane_main', 'critical_path', 'lane_threads', 'run_lanes',
-           'run_main_job']
+           'write_report', 'run_stage', 'ready', 'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_threads',
+           'run_lanes', 'run_main_job']
 
 # %% ../nbs/97_job.ipynb #adba87eb
 STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
@@ -351,27 +351,35 @@ def critical_path(seconds:dict, # seconds of each stage still to run (`STAGES` o
         best[s] = (before[0] + seconds[s], before[1] + [s])
     return max(best.values(), key=lambda b: b[0], default=(0.0, []))
 
-def lane_threads(lanes:int, cores:int|None=None) -> int:
-    "Threads of each lane: the cores this process may use, shared by the lanes, at least one each: never more threads than cores."
-    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    return max(1, cores // lanes)
+def cores() -> int:
+    "The cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+def lane_threads(free:int, # cores no running lane holds
+                 starting:int, # stages starting now, this one among them
+                ) -> int:
+    "Threads of a stage that starts now: its share of the free cores, at least one; the lanes together never hold more threads than cores."
+    return max(1, free // max(1, starting))
 
 def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
               finished:Callable[[str, dict, float], None], # called as each stage ends: its name, results and seconds
              ) -> None:
     """The stage graph (`NEEDS`) in up to `lanes` processes at once: a stage starts as soon as what it reads is done, with
-    `lane_threads(lanes)` threads. A signal to this process is sent on to every lane, each saves its step, and the job
+    its share of the cores no running lane holds (`lane_threads`). A signal to this process is sent on to every lane, each saves its step, and the job
     stops with one line naming them all; a lane that fails stops the others."""
     import subprocess, sys
     for f in (out / "stages").glob("*.stopped.json"): f.unlink()  # an earlier invocation's stops
     done = {s for s in STAGES if (out / "stages" / f"{s}.json").exists()}
     for s in STAGES:  # finished in an earlier invocation: their results into the report, no seconds added
         if s in done: finished(s, json.loads((out / "stages" / f"{s}.json").read_text()), 0.0)
-    running, threads = {}, lane_threads(lanes)
+    running, n_cores = {}, cores()  # stage -> (process, start, threads)
+    lanes = min(lanes, n_cores)  # a lane holds at least one thread: no more lanes than cores
     preset = json.dumps(to_dict(p))
     try:
         while len(done) < len(STAGES):
-            for s in ready(done, running)[:lanes - len(running)]:
+            starting = ready(done, running)[:lanes - len(running)]
+            for k, s in enumerate(starting):
+                threads = lane_threads(n_cores - sum(t for _, _, t in running.values()), len(starting) - k)
                 (out / "stages").mkdir(parents=True, exist_ok=True)
                 (out / "stages" / f"{s}.stopped.json").unlink(missing_ok=True)
                 clock.done[s] = min(max(float(clock.progress(s)), 0.0), 1.0)
@@ -382,9 +390,9 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
                           + f" · lane {len(running) + 1} of {lanes}, {threads} thread{'s' * (threads > 1)}")
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                 running[s] = (subprocess.Popen([sys.executable, "-m", "puma_nb.job", s, "--out", str(out), "--preset", preset],
-                                               env=env, start_new_session=True), time.monotonic())  # its own group: signals come from here
+                                               env=env, start_new_session=True), time.monotonic(), threads)  # its own group: signals come from here
             time.sleep(0.2)
-            for s, (proc, t) in list(running.items()):
+            for s, (proc, t, _) in list(running.items()):
                 if proc.poll() is None: continue
                 del running[s]
                 if proc.returncode == 0:
@@ -393,9 +401,9 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
                 elif (out / "stages" / f"{s}.stopped.json").exists(): raise Stopped(signal.SIGTERM)  # stopped from outside: stop the rest
                 else: raise RuntimeError(f"stage {s} failed (exit code {proc.returncode}); its output is above")
     except BaseException as e:
-        for proc, _ in running.values():  # the same signal to every lane (a failure: SIGTERM); each saves its step
+        for proc, _, _ in running.values():  # the same signal to every lane (a failure: SIGTERM); each saves its step
             if proc.poll() is None: os.killpg(proc.pid, e.signum if isinstance(e, Stopped) and e.signum else signal.SIGTERM)
-        for proc, _ in running.values(): proc.wait()
+        for proc, _, _ in running.values(): proc.wait()
         if not isinstance(e, Stopped): raise
         stops = [json.loads(f.read_text()) for f in sorted((out / "stages").glob("*.stopped.json"))]
         where = ", ".join(r["where"] + ("" if r["step"] is None else f" step {r['step']}") for r in stops)
