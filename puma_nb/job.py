@@ -30,7 +30,7 @@ from .job_data import build_data, built_data
 __all__ = ['STAGES', 'CONFIGS', 'RUN_FOLDER', 'RUNS', 'RUN_CONFIGS', 'NEEDS', 'PATH_KEYS', 'PRESETS', 'RUNNERS', 'STAND_INS',
            'JobClock', 'Preset', 'preset_overrides', 'job_configs', 'finished', 'stop_unless_done', 'train_runs',
            'machine', 'build_encoder', 'mllm_info', 'stage_progress', 'job_precision', 'source_commit', 'job_record',
-           'write_report', 'run_stage', 'ready', 'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_threads',
+           'write_report', 'run_stage', 'ready', 'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_shares',
            'run_lanes', 'run_main_job']
 
 # %% ../nbs/97_job.ipynb #adba87eb
@@ -355,44 +355,40 @@ def cores() -> int:
     "The cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
-def lane_threads(free:int, # cores no running lane holds
-                 starting:int, # stages starting now, this one among them
-                ) -> int:
-    "Threads of a stage that starts now: its share of the free cores, at least one; the lanes together never hold more threads than cores."
-    return max(1, free // max(1, starting))
+def lane_shares(n_cores:int, # cores of the machine
+                running:list[str], # the stages running now, the one to favour first (the critical path's)
+               ) -> dict[str, int]:
+    "Each running stage's threads: an even share of the cores, at least one, the cores left over to the first; never more threads than cores where there are no more stages than cores."
+    base, extra = divmod(n_cores, max(1, len(running)))
+    return {s: max(1, base + (k < extra)) for k, s in enumerate(running)}
 
 def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
               finished:Callable[[str, dict, float], None], # called as each stage ends: its name, results and seconds
              ) -> None:
-    """The stage graph (`NEEDS`) in up to `lanes` processes at once: a stage starts as soon as what it reads is done, with
-    its share of the cores no running lane holds (`lane_threads`). A signal to this process is sent on to every lane, each saves its step, and the job
+    """The stage graph (`NEEDS`) in up to `lanes` processes at once: a stage starts as soon as what it reads is done, and
+    the running lanes share the cores (`lane_shares`), shares that change as lanes start and end (`follow_threads`). A signal to this process is sent on to every lane, each saves its step, and the job
     stops with one line naming them all; a lane that fails stops the others."""
     import subprocess, sys
     for f in (out / "stages").glob("*.stopped.json"): f.unlink()  # an earlier invocation's stops
     done = {s for s in STAGES if (out / "stages" / f"{s}.json").exists()}
     for s in STAGES:  # finished in an earlier invocation: their results into the report, no seconds added
         if s in done: finished(s, json.loads((out / "stages" / f"{s}.json").read_text()), 0.0)
-    running, n_cores = {}, cores()  # stage -> (process, start, threads)
+    running, shares, n_cores = {}, {}, cores()  # stage -> (process, start); stage -> its threads now
     lanes = min(lanes, n_cores)  # a lane holds at least one thread: no more lanes than cores
-    preset = json.dumps(to_dict(p))
+    preset, t_job = json.dumps(to_dict(p)), time.monotonic()
+    def share_out(stages:list[str]):
+        "Give these lanes their shares, the critical path still to run first; each lane reads its own file, the log keeps each change."
+        todo = {t: clock._todo(t) for t in STAGES if t not in done and t in clock.expected}  # reference seconds left
+        first = critical_path(todo)[1]
+        new = lane_shares(n_cores, sorted(stages, key=lambda s: (s not in first, STAGES.index(s))))
+        if new == shares: return
+        shares.clear(); shares.update(new)
+        for s, n in new.items(): (out / "stages" / f"{s}.threads").write_text(str(n))
+        with open(out / "stages" / "threads.jsonl", "a") as f:
+            f.write(json.dumps({"second": round(time.monotonic() - t_job, 1), "threads": new}) + "\n")
     try:
         while len(done) < len(STAGES):
-            starting = ready(done, running)[:lanes - len(running)]
-            for k, s in enumerate(starting):
-                threads = lane_threads(n_cores - sum(t for _, _, t in running.values()), len(starting) - k)
-                (out / "stages").mkdir(parents=True, exist_ok=True)
-                (out / "stages" / f"{s}.stopped.json").unlink(missing_ok=True)
-                clock.done[s] = min(max(float(clock.progress(s)), 0.0), 1.0)
-                todo = {t: clock._todo(t) for t in STAGES if t not in done and t in clock.expected}  # reference seconds left
-                left = clock.speed() * critical_path(todo)[0] if len(todo) == len(STAGES) - len(done) else None
-                clock.out(f"[{STAGES.index(s) + 1}/{len(STAGES)}] {s} · {_hms(clock.clock() - clock.t0)} so far · "
-                          + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset")
-                          + f" · lane {len(running) + 1} of {lanes}, {threads} thread{'s' * (threads > 1)}")
-                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-                running[s] = (subprocess.Popen([sys.executable, "-m", "puma_nb.job", s, "--out", str(out), "--preset", preset],
-                                               env=env, start_new_session=True), time.monotonic(), threads)  # its own group: signals come from here
-            time.sleep(0.2)
-            for s, (proc, t, _) in list(running.items()):
+            for s, (proc, t) in list(running.items()):
                 if proc.poll() is None: continue
                 del running[s]
                 if proc.returncode == 0:
@@ -400,10 +396,27 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
                     finished(s, json.loads((out / "stages" / f"{s}.json").read_text()), time.monotonic() - t)
                 elif (out / "stages" / f"{s}.stopped.json").exists(): raise Stopped(signal.SIGTERM)  # stopped from outside: stop the rest
                 else: raise RuntimeError(f"stage {s} failed (exit code {proc.returncode}); its output is above")
+            starting = ready(done, running)[:lanes - len(running)]
+            (out / "stages").mkdir(parents=True, exist_ok=True)
+            if running or starting: share_out([*running, *starting])
+            for s in starting:
+                threads = shares[s]
+                (out / "stages" / f"{s}.stopped.json").unlink(missing_ok=True)
+                clock.done[s] = min(max(float(clock.progress(s)), 0.0), 1.0)
+                todo = {t: clock._todo(t) for t in STAGES if t not in done and t in clock.expected}  # reference seconds left
+                left = clock.speed() * critical_path(todo)[0] if len(todo) == len(STAGES) - len(done) else None
+                clock.out(f"[{STAGES.index(s) + 1}/{len(STAGES)}] {s} · {_hms(clock.clock() - clock.t0)} so far · "
+                          + (f"about {_hms(left)} left" if left is not None else "no estimate for this preset")
+                          + f" · lane {len(running) + 1} of {lanes}, {threads} thread{'s' * (threads > 1)}")
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                       "PUMA_THREADS_FILE": str(out / "stages" / f"{s}.threads")}
+                running[s] = (subprocess.Popen([sys.executable, "-m", "puma_nb.job", s, "--out", str(out), "--preset", preset],
+                                               env=env, start_new_session=True), time.monotonic())  # its own group: signals come from here
+            time.sleep(0.2)
     except BaseException as e:
-        for proc, _, _ in running.values():  # the same signal to every lane (a failure: SIGTERM); each saves its step
+        for proc, _ in running.values():  # the same signal to every lane (a failure: SIGTERM); each saves its step
             if proc.poll() is None: os.killpg(proc.pid, e.signum if isinstance(e, Stopped) and e.signum else signal.SIGTERM)
-        for proc, _, _ in running.values(): proc.wait()
+        for proc, _ in running.values(): proc.wait()
         if not isinstance(e, Stopped): raise
         stops = [json.loads(f.read_text()) for f in sorted((out / "stages").glob("*.stopped.json"))]
         where = ", ".join(r["where"] + ("" if r["step"] is None else f" step {r['step']}") for r in stops)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/01a_runtime.ipynb #d1432798
 from __future__ import annotations
-import os, random, signal, threading
+import os, random, signal, threading, time
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,7 +18,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed', 'cpu_bf16',
-           'resolve_precision', 'Stopped', 'stop_on_signals', 'stop_point']
+           'resolve_precision', 'Stopped', 'stop_on_signals', 'stop_point', 'follow_threads']
 
 # %% ../nbs/01a_runtime.ipynb #339f1509
 @dataclass
@@ -161,3 +162,17 @@ class _Preemption:
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
 
+
+# %% ../nbs/01a_runtime.ipynb #f0628332
+_FOLLOW = {"next": 0.0}
+
+def follow_threads(every:float=2.0, # seconds between two reads of the file
+                  ) -> int:
+    "Set torch's threads to the share the job now gives this lane (the integer in the file `PUMA_THREADS_FILE`); returns the threads in use."
+    path = os.environ.get("PUMA_THREADS_FILE")
+    if path and time.monotonic() >= _FOLLOW["next"]:
+        _FOLLOW["next"] = time.monotonic() + every
+        try: n = int(Path(path).read_text())
+        except (OSError, ValueError): n = 0  # not written yet, or being written: keep the threads as they are
+        if n >= 1 and n != torch.get_num_threads(): torch.set_num_threads(n)
+    return torch.get_num_threads()

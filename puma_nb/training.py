@@ -21,7 +21,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from .checkpoints import (_truncate_metrics, _write_atomic, config_changes, latest_checkpoint, load_checkpoint, read_metrics,
                                  save_checkpoint, save_loss_plot)
 from .config import ConfigError, to_dict
-from .runtime import Dist, _Preemption, init_distributed, micro_seed, resolve_precision, seed_everything
+from .runtime import Dist, _Preemption, follow_threads, init_distributed, micro_seed, resolve_precision, seed_everything
 
 # %% auto #0
 __all__ = ['FSDP_BLOCKS', 'ParamGroup', 'TrainConfig', 'param_groups', 'build_optimizer', 'build_scheduler', 'StepBatches',
@@ -67,7 +67,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # several ranks: DDP replicates the model; FSDP2 shards it (ZeRO-3)
     fsdp_blocks: tuple[str, ...] = FSDP_BLOCKS  # module classes sharded (and checkpointed) one by one
     activation_checkpointing: bool = False  # recompute each `fsdp_blocks` module's activations in the backward
-    compile: bool = False            # torch.compile each `fsdp_blocks` module's forward (a GPU speed-up; see 11_scaling)
+    compile: bool = False            # torch.compile each `fsdp_blocks` module's forward (11_scaling; on a CPU too: benchmarks/mllm_compile.py)
     progress: bool = True            # show a progress bar (rank 0)
     out_dir: str = "runs/train"      # checkpoints, metrics.jsonl, loss.png
 
@@ -373,6 +373,7 @@ def _fit(pre, model, loss_fn, dataset, cfg, collate_fn, run_config, eval_fn, nam
         window.append(dict(zip(sums, vec[:-1].tolist())))
         skipped += int(vec[-1])
         signum = pre.agreed(d)  # every rank stops at the same step
+        follow_threads()  # a lane of `puma-nb --lanes N`: the cores the job gives it now
         bar.update(1); bar.set_postfix(loss=f"{window[-1]['loss']:.4g}", refresh=False)
         do_eval = eval_fn is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
         if step % cfg.log_every == 0 or step == stop or signum or do_eval:
