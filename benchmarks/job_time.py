@@ -1,5 +1,5 @@
 """Where the main job's time goes, read from a run folder (its `job.json`, or `report.json`): each stage's seconds, the
-lanes and threads each invocation ran with, the serial sum, and the critical path through the stage graph (`puma_nb.job.NEEDS`),
+lanes and threads each invocation ran with (and, with lanes, each change of their threads), the serial sum, and the critical path through the stage graph (`puma_nb.job.NEEDS`),
 which is what the job would take if every stage off that path ran beside it.
 
     python benchmarks/job_time.py runs/toy
@@ -28,9 +28,11 @@ def job_time(folder) -> dict:
     seconds = job.get("stage_seconds") or report.get("stage_seconds") or {}
     if not seconds: raise SystemExit(f"{folder}: no job.json or report.json with stage seconds")
     runs = job.get("runs") or report.get("job", {}).get("runs", [])
+    log = next((p for p in (folder / "stages" / "threads.jsonl", folder / "threads.jsonl") if p.exists()), None)
+    shares = [json.loads(line) for line in log.read_text().splitlines()] if log else []  # each change of the lanes' threads
     return {"folder": str(folder), "machine": report.get("machine"), "wall_seconds": report.get("seconds"),
             "lanes": [r.get("lanes", 1) for r in runs], "threads": [r.get("threads") for r in runs], "invocations": len(runs) or None,
-            **summary(seconds)}
+            **summary(seconds), **({"lane_threads": shares} if shares else {})}
 
 
 if __name__ == "__main__":

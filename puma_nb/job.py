@@ -129,7 +129,8 @@ class Preset:
             raise ValueError(f"Preset.max_steps: at least 4 (D0's reader steps are a quarter of its steps, and D1 starts from D0 before them), got {self.max_steps}")
 
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, table1_n=8, sample_steps=4, eval_n=6, qa_n=6, max_steps=4,
-                           expected_seconds={"data": 4.1, "clip": 10.3, "decoders": 9.0, "table1": 3.3, "pretrain": 2.6, "t2i": 4.2, "edit": 6.3, "conditional": 6.5, "understanding": 5.1, "table5": 9.2, "evaluation": 14.3}),
+                           expected_seconds={"data": 11.4, "clip": 15.2, "decoders": 15.4, "table1": 10.6, "pretrain": 13.8, "t2i": 58.4, "edit": 46.5,  # `puma-nb smoke --lanes 2`
+                                             "conditional": 60.4, "understanding": 21.1, "table5": 36.7, "evaluation": 24.1}),  # (benchmarks/job_time.py)
            "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: each stage's seconds in measured runs of
                          # `puma-nb toy` on a 2-core CPU with nothing else running (the ETA's reference; git log has their history)
                          expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}

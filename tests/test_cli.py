@@ -249,6 +249,40 @@ def test_figure_titles_keep_the_whole_caption():
     assert fig.axes[0].get_title().replace("\n", " ") == caption
 
 
+def test_smoke_lanes_share_the_cores_as_they_start_and_end(smoke):
+    "Two lanes: each change of their threads is logged, together they hold exactly the cores, and a lane left alone takes them all."
+    from puma_nb.job import cores
+    log = [json.loads(line) for line in (smoke.out / "stages" / "threads.jsonl").read_text().splitlines()]
+    n = cores()
+    assert log[0]["second"] == 0 and set(log[0]["threads"]) == {"data", "clip"}  # the first two stages start together
+    assert all(1 <= len(e["threads"]) <= 2 and sum(e["threads"].values()) == n for e in log)
+    assert [e["second"] for e in log] == sorted(e["second"] for e in log)
+    assert any(len(e["threads"]) == 1 for e in log)  # the evaluation, at least, runs alone: with all n cores
+    assert set().union(*(e["threads"] for e in log)) == set(STAGES)
+    for s in STAGES: assert int((smoke.out / "stages" / f"{s}.threads").read_text()) >= 1  # each lane's file, as it last read it
+
+
+def test_publish_report_copies_a_finished_run_and_refuses_an_unfinished_one(smoke, tmp_path):
+    "tools/publish_report.py: the report, its samples and configs, never the models; the copy re-scores as the run does."
+    tool = [sys.executable, str(ROOT / "tools" / "publish_report.py")]
+    r = subprocess.run(tool + [str(smoke.out), "--to", str(tmp_path / "rep")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "rep"
+    assert json.loads((rep / "report.json").read_text()) == smoke.report and (rep / "job.json").exists()
+    assert sorted(p.name for p in (rep / "configs").iterdir()) == sorted(p.name for p in (smoke.out / "configs").iterdir())
+    assert not any((rep / d).exists() for d in ("clip", "decoders", "pretrain", "instruct", "stages"))
+    from puma_nb.run_eval import rescore
+    from puma_nb.samples import sample_grid
+    assert rescore(rep) == rescore(smoke.out)
+    grid, words = sample_grid(rep, "edit", n=2)
+    assert len(grid) == 2 and all(words) and [t for t, _ in grid[0]][:2] == ["source", "target"]
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "report.json").write_text(json.dumps({**smoke.report, "pending": ["edit", "evaluation"]}))
+    r = subprocess.run(tool + [str(unfinished), "--to", str(tmp_path / "rep")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "have not finished" in r.stderr and (rep / "report.json").exists()  # the old copy kept
+
+
 def test_job_time_reads_the_stage_seconds_and_the_critical_path(smoke):
     "benchmarks/job_time.py: each stage's seconds, their serial sum, the threads, and the longest chain through `NEEDS`."
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "job_time.py"), str(smoke.out)], capture_output=True, text=True, cwd=ROOT)
