@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime, json, os, signal, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +43,7 @@ class JobClock:
     "Times the main job's `STAGES` and prints, before each, the time so far and an estimate of the time left."
     def __init__(self, expected:dict, # reference seconds of each stage (`Preset.expected_seconds`); {}: no estimate
                  clock=time.monotonic, # seconds now (a test passes a fake one)
-                 out=print, # where the stage lines go
+                 out=partial(print, flush=True), # where the stage lines go (at once: a log file sees them as they come)
                  skipped:float=0.05, # a stage faster than this fraction of its reference was found finished: not in the ratio
                  progress:Callable[[str], float]|None=None, # the fraction of a stage done before it starts (a resumed job's
                                                             # checkpoints, `stage_progress`); None: nothing
