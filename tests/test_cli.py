@@ -272,10 +272,9 @@ def test_publish_report_copies_a_finished_run_and_refuses_an_unfinished_one(smok
     assert sorted(p.name for p in (rep / "configs").iterdir()) == sorted(p.name for p in (smoke.out / "configs").iterdir())
     assert not any((rep / d).exists() for d in ("clip", "decoders", "pretrain", "instruct", "stages"))
     from puma_nb.run_eval import rescore
-    from puma_nb.samples import sample_grid
     assert rescore(rep) == rescore(smoke.out)
-    grid, words = sample_grid(rep, "edit", n=2)
-    assert len(grid) == 2 and all(words) and [t for t, _ in grid[0]][:2] == ["source", "target"]
+    index = json.loads((rep / "samples" / "index.json").read_text())
+    assert index and all((rep / r["path"]).exists() for r in index)  # every scored picture travels with the report
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "report.json").write_text(json.dumps({**smoke.report, "pending": ["edit", "evaluation"]}))
