@@ -163,7 +163,7 @@ class _Preemption:
         self.old = {}
 
 
-# %% ../nbs/01a_runtime.ipynb #f0628332
+# %% ../nbs/01a_runtime.ipynb #80ab3301
 _FOLLOW = {"next": 0.0}
 
 def follow_threads(every:float=2.0, # seconds between two reads of the file
