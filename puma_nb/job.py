@@ -378,6 +378,7 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
     running, shares, n_cores = {}, {}, cores()  # stage -> (process, start); stage -> its threads now
     lanes = min(lanes, n_cores)  # a lane holds at least one thread: no more lanes than cores
     preset, t_job = json.dumps(to_dict(p)), time.monotonic()
+    (out / "stages").mkdir(parents=True, exist_ok=True)
     def share_out(stages:list[str]):
         "Give these lanes their shares, the critical path still to run first; each lane reads its own file, the log keeps each change."
         todo = {t: clock._todo(t) for t in STAGES if t not in done and t in clock.expected}  # reference seconds left
@@ -399,7 +400,6 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
                 elif (out / "stages" / f"{s}.stopped.json").exists(): raise Stopped(signal.SIGTERM)  # stopped from outside: stop the rest
                 else: raise RuntimeError(f"stage {s} failed (exit code {proc.returncode}); its output is above")
             starting = ready(done, running)[:lanes - len(running)]
-            (out / "stages").mkdir(parents=True, exist_ok=True)
             if running or starting: share_out([*running, *starting])
             for s in starting:
                 threads = shares[s]
