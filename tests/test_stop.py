@@ -270,7 +270,13 @@ def test_two_lanes_stop_together_with_one_line_and_resume(tmp_path, sig):
         folder = run / "pretrain" if k == "pretrain" else run / "decoders" / k[len("decoders ("):-1]
         assert saved_step(folder) == int(n), (k, n)
     data = (run / "stages" / "data.json").stat().st_mtime_ns  # the data stage finished: not run again
+    job = json.loads((run / "job.json").read_text())  # the time of the stages it stopped inside is kept, with its wall time
+    first = job["partial_seconds"]
+    assert set(first) == {"pretrain", "decoders"} and all(0 < v <= job["runs"][0]["seconds"] for v in first.values()), job
     p = start()
     p.wait_for(lambda: all(f"resuming from step {n} " in p.out for n in stops.values()), timeout=300)
     p.stop(signal.SIGTERM)
     assert (run / "stages" / "data.json").stat().st_mtime_ns == data and "[1/11] data" not in p.out
+    job = json.loads((run / "job.json").read_text())  # two invocations, each with its wall time; the stopped stages' time adds up
+    assert len(job["runs"]) == 2 and all(r["seconds"] > 0 for r in job["runs"])
+    assert all(job["partial_seconds"][s] > first[s] for s in first) and "pretrain" not in job["stage_seconds"], job
