@@ -366,6 +366,7 @@ def lane_shares(n_cores:int, # cores of the machine
 
 def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
               finished:Callable[[str, dict, float], None], # called as each stage ends: its name, results and seconds
+              stopped:Callable[[str, float], None]|None=None, # called, when the job stops, for each stage it stopped inside: its name and seconds
              ) -> None:
     """The stage graph (`NEEDS`) in up to `lanes` processes at once: a stage starts as soon as what it reads is done, and
     the running lanes share the cores (`lane_shares`), shares that change as lanes start and end (`follow_threads`). A signal to this process is sent on to every lane, each saves its step, and the job
@@ -420,6 +421,8 @@ def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
             if proc.poll() is None: os.killpg(proc.pid, e.signum if isinstance(e, Stopped) and e.signum else signal.SIGTERM)
         for proc, _ in running.values(): proc.wait()
         if not isinstance(e, Stopped): raise
+        for s, (_, t) in running.items():  # (one that finished as the signal came is counted too: a resumed job finds it done, with 0 s more)
+            if stopped is not None: stopped(s, time.monotonic() - t)
         stops = [json.loads(f.read_text()) for f in sorted((out / "stages").glob("*.stopped.json"))]
         where = ", ".join(r["where"] + ("" if r["step"] is None else f" step {r['step']}") for r in stops)
         raise Stopped(e.signum or (stops[0]["signum"] if stops else None), stage=where or None) from None
@@ -444,23 +447,35 @@ def _main_job(p:Preset, out:Path, clock:JobClock, command:str, lanes:int=1) -> d
     print(f"puma-nb {p.name}: writing {out}/")
     job, t0 = job_record(out, command, clock.progress), time.time()
     job["runs"][-1]["lanes"] = lanes
-    seconds0 = sum(job["stage_seconds"].values())  # the earlier invocations' time
+    seconds0 = sum(r.get("seconds", 0) for r in job["runs"][:-1])  # the earlier invocations' wall time
+    partial = job.setdefault("partial_seconds", {})  # seconds spent inside stages an earlier invocation stopped in
     report = {"preset": p.name, "job": job, "machine": machine(), "precision": job_precision(p), "config": to_dict(p),
               "stand_ins": dict(STAND_INS)}
     def finished(name:str, res:dict, seconds:float):
         "A stage ended: its seconds added to the earlier invocations', its results merged, the report rewritten."
-        job["stage_seconds"][name] = round(job["stage_seconds"].get(name, 0) + seconds, 1)
+        job["stage_seconds"][name] = round(job["stage_seconds"].get(name, 0) + partial.pop(name, 0) + seconds, 1)
+        job["runs"][-1]["seconds"] = round(time.time() - t0, 1)
         (out / "job.json").write_text(json.dumps(job, indent=1))
         report["stand_ins"].update(res.get("stand_ins", {}))
         report.update({k: v for k, v in res.items() if k != "stand_ins"},
                       stage_seconds={s: job["stage_seconds"][s] for s in STAGES if s in job["stage_seconds"]},
                       seconds=round(seconds0 + time.time() - t0, 1), pending=[s for s in STAGES if s not in job["stage_seconds"]])
         write_report(out, report)
-    if lanes == 1:
-        for name in STAGES:
-            with clock.stage(name): res = run_stage(name, p, out)
-            finished(name, res, clock.seconds[name])
-    else: run_lanes(p, out, clock, lanes, finished)
+    def stopped(name:str, seconds:float):
+        "The job stopped inside a stage: its seconds so far are kept, and added to the stage's own when a later invocation finishes it."
+        partial[name] = round(partial.get(name, 0) + seconds, 1)
+    try:
+        if lanes == 1:
+            for name in STAGES:
+                with clock.stage(name): res = run_stage(name, p, out)
+                finished(name, res, clock.seconds[name])
+        else: run_lanes(p, out, clock, lanes, finished, stopped)
+    except Stopped:
+        s = clock.current  # one lane: the stage it stopped inside, unless the signal came as that one ended
+        if lanes == 1 and s is not None and s in clock.seconds and not (out / "stages" / f"{s}.json").exists(): stopped(s, clock.seconds[s])
+        job["runs"][-1]["seconds"] = round(time.time() - t0, 1)
+        (out / "job.json").write_text(json.dumps(job, indent=1))
+        raise
     print(f"puma-nb {p.name}: done in {report['seconds']} s — {out}/report.json, REPORT.md, figure3.png, samples/")
     return report
 

@@ -113,6 +113,11 @@ def test_the_main_job_stops_in_any_stage_and_resumes_without_redoing_data(tmp_pa
     where, step = the_line(out)
     assert where == "clip" and step >= 3 and saved_step(run / "clip") == step
     data = {f: (run / "data" / f).stat().st_mtime_ns for f in (*job_data.DATA_FILES, "done.json")}
+    job = json.loads((run / "job.json").read_text())  # each invocation's wall time; the time inside the stopped stages kept
+    first = job["partial_seconds"]
+    assert [r["seconds"] > 0 for r in job["runs"]] == [True, True] and set(first) == {"clip"}, job  # data's first try counted once it finished
+    assert job["stage_seconds"]["data"] > 0
+    assert 0 < first["clip"] <= job["runs"][1]["seconds"] and "clip" not in job["stage_seconds"], job
     # 3. the same command: the data stage kept (not rewritten), CLIP resumed at that step, its ETA counting the steps done
     p = start()
     p.wait_for(lambda: f"clip: resuming from step {step} " in p.out)
@@ -121,6 +126,8 @@ def test_the_main_job_stops_in_any_stage_and_resumes_without_redoing_data(tmp_pa
     assert {f: (run / "data" / f).stat().st_mtime_ns for f in data} == data
     clip_line = next(l for l in out.splitlines() if l.startswith("[2/11] clip"))
     assert clip_line.endswith(f"· {step / 1600:.0%} of it done before"), clip_line
+    job = json.loads((run / "job.json").read_text())  # the third stop adds to the clip stage's kept seconds
+    assert len(job["runs"]) == 3 and job["partial_seconds"]["clip"] > first["clip"], job
 
 
 def test_a_stopped_run_stops_the_main_job_with_one_line(monkeypatch, capsys, tmp_path):
@@ -270,7 +277,13 @@ def test_two_lanes_stop_together_with_one_line_and_resume(tmp_path, sig):
         folder = run / "pretrain" if k == "pretrain" else run / "decoders" / k[len("decoders ("):-1]
         assert saved_step(folder) == int(n), (k, n)
     data = (run / "stages" / "data.json").stat().st_mtime_ns  # the data stage finished: not run again
+    job = json.loads((run / "job.json").read_text())  # the time of the stages it stopped inside is kept, with its wall time
+    first = job["partial_seconds"]
+    assert set(first) == {"pretrain", "decoders"} and all(0 < v <= job["runs"][0]["seconds"] for v in first.values()), job
     p = start()
     p.wait_for(lambda: all(f"resuming from step {n} " in p.out for n in stops.values()), timeout=300)
     p.stop(signal.SIGTERM)
     assert (run / "stages" / "data.json").stat().st_mtime_ns == data and "[1/11] data" not in p.out
+    job = json.loads((run / "job.json").read_text())  # two invocations, each with its wall time; the stopped stages' time adds up
+    assert len(job["runs"]) == 2 and all(r["seconds"] > 0 for r in job["runs"])
+    assert all(job["partial_seconds"][s] > first[s] for s in first) and "pretrain" not in job["stage_seconds"], job
