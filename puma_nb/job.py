@@ -24,15 +24,14 @@ from .reconstruction import lpips_metric
 from .pretrain import PretrainRunConfig, train_pretrain
 from .instruct import InstructRunConfig, train_instruct
 from .run_eval import evaluate_mllms, table1_stage
-from .report import dataset_card, human_report
+from .report import STAND_INS, dataset_card, machine, write_report
 from .job_data import build_data, built_data
 
 # %% auto #0
-__all__ = ['STAGES', 'CONFIGS', 'RUN_FOLDER', 'RUNS', 'RUN_CONFIGS', 'NEEDS', 'PATH_KEYS', 'PRESETS', 'RUNNERS', 'STAND_INS',
-           'JobClock', 'Preset', 'preset_overrides', 'job_configs', 'finished', 'stop_unless_done', 'train_runs',
-           'machine', 'build_encoder', 'mllm_info', 'stage_progress', 'job_precision', 'source_commit', 'job_record',
-           'write_report', 'run_stage', 'ready', 'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_shares',
-           'run_lanes', 'run_main_job']
+__all__ = ['STAGES', 'CONFIGS', 'RUN_FOLDER', 'RUNS', 'RUN_CONFIGS', 'NEEDS', 'PATH_KEYS', 'PRESETS', 'RUNNERS', 'JobClock',
+           'Preset', 'preset_overrides', 'job_configs', 'finished', 'stop_unless_done', 'train_runs', 'build_encoder',
+           'mllm_info', 'stage_progress', 'job_precision', 'source_commit', 'job_record', 'run_stage', 'ready',
+           'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_shares', 'run_lanes', 'run_main_job']
 
 # %% ../nbs/97_job.ipynb #adba87eb
 STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
@@ -193,15 +192,6 @@ def train_runs(stage:str, cfgs:dict, out:Path) -> dict:
         results[name] = res
     return results
 
-# %% ../nbs/97_job.ipynb #c78888f1
-def machine() -> str:
-    "This machine in a few words: the GPU, or the CPU's model name and the cores this process may use."
-    if torch.cuda.is_available(): return f"{torch.cuda.get_device_name()} GPU"
-    try: name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration): import platform; name = platform.processor() or "a CPU"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores"
-
 # %% ../nbs/97_job.ipynb #f710bc72
 def build_encoder(p:Preset, cfgs:dict, out:Path) -> dict:
     "The clip stage: train the tiny CLIP (resuming if interrupted), then measure retrieval and what each scale keeps."
@@ -269,17 +259,6 @@ def job_record(out:Path, # the run folder
     job["runs"].append({"started": now, "commit": sha, "dirty": dirty, "from": start, "threads": torch.get_num_threads()})
     path.write_text(json.dumps(job, indent=1))
     return job
-
-def write_report(out:Path, report:dict) -> None:
-    "`report.json` and `REPORT.md` as they stand: after each stage, the stages not run yet listed in `pending`."
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "REPORT.md").write_text(human_report(report))
-
-STAND_INS = {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
-             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, f_i also read onto the latent grid "
-                         "by a per-token MLP whose guess is added to the output) in place of SDXL UNets with SDXL's VAE",
-             "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld tokenizer, pretrained for "
-                     "minutes, in place of LLaMA-3-8B"}
 
 # %% ../nbs/97_job.ipynb #cf8fc5ff
 def run_stage(name:str, # one of `STAGES`

@@ -4,13 +4,18 @@
 
 # %% ../nbs/96_report.ipynb #29e0c7d8
 from __future__ import annotations
+import json, os
+from pathlib import Path
+
+import torch
+
 from . import toyworld as tw
 from .reconstruction import PAPER_TABLE1, table1_markdown
 from .instruct import CONDITIONAL_SCORE
 
 # %% auto #0
-__all__ = ['PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'dataset_card', 'precision_words', 'job_header', 'pending',
-           'human_report', 'stage_table', 'mllm_report']
+__all__ = ['PAPER_TABLE6', 'PAPER_TABLE5', 'PAPER_TABLE3', 'STAND_INS', 'dataset_card', 'precision_words', 'job_header',
+           'pending', 'machine', 'human_report', 'stage_table', 'write_report', 'mllm_report']
 
 # %% ../nbs/96_report.ipynb #9440f807
 PAPER_TABLE6 = {"f4": (0.699, 0.295), "f3": (0.703, 0.300), "f2": (0.703, 0.301), "f1": (0.693, 0.299), "f0": (0.621, 0.280),
@@ -74,6 +79,21 @@ def pending(what:str) -> list[str]:
     "A section the job has not made yet."
     return [f"*Pending: {what}. REPORT.md is rewritten as each stage finishes.*", ""]
 
+# %% ../nbs/96_report.ipynb #b4a7a909
+def machine() -> str:
+    "This machine in a few words: the GPU, or the CPU's model name and the cores this process may use."
+    if torch.cuda.is_available(): return f"{torch.cuda.get_device_name()} GPU"
+    try: name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration): import platform; name = platform.processor() or "a CPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+STAND_INS = {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
+             "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, f_i also read onto the latent grid "
+                         "by a per-token MLP whose guess is added to the output) in place of SDXL UNets with SDXL's VAE",
+             "mllm": "a 4-layer, 256-wide transformers Llama (3.3M parameters) with a word-level ShapesWorld tokenizer, pretrained for "
+                     "minutes, in place of LLaMA-3-8B"}
+
 # %% ../nbs/96_report.ipynb #f82a75d4
 def human_report(report:dict) -> str:
     "`REPORT.md`: each of our tables beside the paper's numbers, with the figures; the sections not made yet say so."
@@ -122,6 +142,12 @@ def stage_table(seconds:dict, # each stage's seconds in this run (`JobClock.seco
     total = f"| all | {sum(seconds.values()):.0f} | {f'{sum(expected.values()):.0f}' if expected else '–'} |"
     return ["", "Where the time went, in seconds, beside the reference machine's (`Preset.expected_seconds`, the job's ETA):", "",
             "| stage | here | reference |", "|---|---|---|", *rows, total]
+
+# %% ../nbs/96_report.ipynb #8edc3b7f
+def write_report(out:Path, report:dict) -> None:
+    "`report.json` and `REPORT.md` as they stand: after each stage, the stages not run yet listed in `pending`."
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "REPORT.md").write_text(human_report(report))
 
 # %% ../nbs/96_report.ipynb #04bfe6b4
 def mllm_report(report:dict) -> list[str]:
