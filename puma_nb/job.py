@@ -16,7 +16,7 @@ import yaml
 
 from . import toyworld as tw
 from .config import load_stage_config, read_yaml, to_dict
-from .runtime import Stopped, cpu_bf16, resolve_precision, stop_on_signals, stop_point
+from .runtime import Stopped, cores, cpu_bf16, lane_shares, resolve_precision, stop_on_signals, stop_point
 from .checkpoints import latest_checkpoint
 from .pyramid import SCALES, ClipRunConfig, load_clip, probe_scales, tiny_encoder, train_clip
 from .decoder_stage import DecoderRunConfig, train_decoder
@@ -31,7 +31,7 @@ from .job_data import build_data, built_data
 __all__ = ['STAGES', 'CONFIGS', 'RUN_FOLDER', 'RUNS', 'RUN_CONFIGS', 'NEEDS', 'PATH_KEYS', 'PRESETS', 'RUNNERS', 'JobClock',
            'Preset', 'preset_overrides', 'job_configs', 'finished', 'stop_unless_done', 'train_runs', 'build_encoder',
            'mllm_info', 'stage_progress', 'job_precision', 'source_commit', 'job_record', 'run_stage', 'ready',
-           'name_stop', 'lane_main', 'critical_path', 'cores', 'lane_shares', 'run_lanes', 'run_main_job']
+           'name_stop', 'lane_main', 'critical_path', 'run_lanes', 'run_main_job']
 
 # %% ../nbs/97_job.ipynb #adba87eb
 STAGES = ("data", "clip", "decoders", "table1", "pretrain", "t2i", "edit", "conditional", "understanding", "table5", "evaluation")
@@ -331,17 +331,6 @@ def critical_path(seconds:dict, # seconds of each stage still to run (`STAGES` o
         before = max((best[n] for n in NEEDS[s] if n in best), key=lambda b: b[0], default=(0.0, []))
         best[s] = (before[0] + seconds[s], before[1] + [s])
     return max(best.values(), key=lambda b: b[0], default=(0.0, []))
-
-def cores() -> int:
-    "The cores this process may use."
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-def lane_shares(n_cores:int, # cores of the machine
-                running:list[str], # the stages running now, the one to favour first (the critical path's)
-               ) -> dict[str, int]:
-    "Each running stage's threads: an even share of the cores, at least one, the cores left over to the first; never more threads than cores where there are no more stages than cores."
-    base, extra = divmod(n_cores, max(1, len(running)))
-    return {s: max(1, base + (k < extra)) for k, s in enumerate(running)}
 
 def run_lanes(p:Preset, out:Path, clock:JobClock, lanes:int, # stages at once
               finished:Callable[[str, dict, float], None], # called as each stage ends: its name, results and seconds

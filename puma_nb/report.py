@@ -4,12 +4,13 @@
 
 # %% ../nbs/96_report.ipynb #29e0c7d8
 from __future__ import annotations
-import json, os
+import json
 from pathlib import Path
 
 import torch
 
 from . import toyworld as tw
+from .runtime import cores
 from .reconstruction import PAPER_TABLE1, table1_markdown
 from .instruct import CONDITIONAL_SCORE
 
@@ -85,8 +86,7 @@ def machine() -> str:
     if torch.cuda.is_available(): return f"{torch.cuda.get_device_name()} GPU"
     try: name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
     except (OSError, StopIteration): import platform; name = platform.processor() or "a CPU"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores"
+    return f"{name}, {cores()} cores"
 
 STAND_INS = {"encoder": "tiny open_clip CLIP trained on ShapesWorld (16×16×64 at 64 px) in place of CLIP ViT-L/14 (16×16×1024 at 224 px)",
              "decoders": "tiny diffusers UNets in a pixel_unshuffle patch space (16×16×48, x0-prediction, f_i also read onto the latent grid "

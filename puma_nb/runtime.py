@@ -18,7 +18,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'Dist', 'init_distributed', 'seed_everything', 'rng_state', 'set_rng_state', 'micro_seed', 'cpu_bf16',
-           'resolve_precision', 'Stopped', 'stop_on_signals', 'stop_point', 'follow_threads']
+           'resolve_precision', 'Stopped', 'stop_on_signals', 'stop_point', 'follow_threads', 'cores', 'lane_shares']
 
 # %% ../nbs/01a_runtime.ipynb #339f1509
 @dataclass
@@ -176,3 +176,15 @@ def follow_threads(every:float=2.0, # seconds between two reads of the file
         except (OSError, ValueError): n = 0  # not written yet, or being written: keep the threads as they are
         if n >= 1 and n != torch.get_num_threads(): torch.set_num_threads(n)
     return torch.get_num_threads()
+
+# %% ../nbs/01a_runtime.ipynb #4cddd835
+def cores() -> int:
+    "The cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+def lane_shares(n_cores:int, # cores of the machine
+                running:list[str], # the stages running now, the one to favour first (the critical path's)
+               ) -> dict[str, int]:
+    "Each running stage's threads: an even share of the cores, at least one, the cores left over to the first; never more threads than cores where there are no more stages than cores."
+    base, extra = divmod(n_cores, max(1, len(running)))
+    return {s: max(1, base + (k < extra)) for k, s in enumerate(running)}

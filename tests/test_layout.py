@@ -81,3 +81,18 @@ def test_a_notebook_imports_only_what_it_and_earlier_notebooks_export(module):
     later = {m: (notebook_of(m), cell) for m, cell in notebook_imports(nb).items() if notebook_of(m) > nb}
     assert not later, (f"nbs/{nb}.ipynb imports modules of notebooks that come after it: "
                        + ", ".join(f"puma_nb.{m} (nbs/{n}.ipynb, in cell {cell})" for m, (n, cell) in later.items()))
+
+
+def test_modules_are_short_and_cli_is_the_command_line_only():
+    "Short modules with one job each: `cli.py` parses the command line and calls the job; no module runs much past 450 lines."
+    lines = {m: len((LIB / f"{m}.py").read_text().splitlines()) for m in modules()}
+    assert lines["cli"] <= 150, lines["cli"]
+    assert not {m: n for m, n in lines.items() if n > 460}, {m: n for m, n in lines.items() if n > 460}
+
+
+def test_the_course_names_no_run_folder_but_the_default_ones():
+    "Prose and code name `runs/toy` and `runs/smoke` only: a numbered run folder (runs/toy32, runs/x3) is a session's, not the course's."
+    numbered = re.compile(r"runs/(toy|smoke|x|base|pre)\d+")
+    files = [*ROOT.glob("nbs/*.ipynb"), *LIB.glob("*.py"), *ROOT.glob("configs/**/*.yaml"), ROOT / "README.md"]
+    hits = [f"{f.relative_to(ROOT)}: {m.group(0)}" for f in files for m in numbered.finditer(f.read_text())]
+    assert not hits, hits
