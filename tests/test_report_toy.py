@@ -25,7 +25,7 @@ def test_the_reports_time_is_its_stages_time():
     "Every stage took time (none was copied from an earlier run), and with one lane the wall time is the stages' sum."
     r = report()
     assert list(r["stage_seconds"]) == list(STAGES) and all(s > 0 for s in r["stage_seconds"].values()), r["stage_seconds"]
-    assert r["seconds"] == round(sum(x["seconds"] for x in r["job"]["runs"]), 1) or abs(r["seconds"] - sum(x["seconds"] for x in r["job"]["runs"])) < 1
+    assert abs(r["seconds"] - sum(x["seconds"] for x in r["job"]["runs"])) <= 1  # the wall time of every invocation
     if all(x.get("lanes", 1) == 1 for x in r["job"]["runs"]):
         assert abs(r["seconds"] - sum(r["stage_seconds"].values())) <= 0.02 * r["seconds"], (r["seconds"], sum(r["stage_seconds"].values()))
 
