@@ -13,11 +13,10 @@ import argparse, copy, json, platform
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from _timing import alternate
+from _timing import alternate, edit_batch
 
-from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, tiny_tokenizer
+from puma_nb.mllm import build_mllm
 from puma_nb.mllm_loss import puma_loss
-from puma_nb.pyramid import SCALES
 from puma_nb.runtime import cpu_bf16
 
 
@@ -27,12 +26,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    tok, cfg = tiny_tokenizer(), MLLMConfig(image_pos=True, parent_skip=True, image_stride=384)
-    pyr = lambda: flatten_pyramid([torch.randn(n, cfg.feature_dim) for n in SCALES])
-    seqs = [build_sequence(tok, [Image(pyr()), Text("make the red circle blue" + " please" * (i % 3)), Image(pyr(), target=True)])
-            for i in range(args.batch)]
-    batch = collate_sequences(seqs, tok.pad_token_id)
+    tok, cfg, batch = edit_batch(args.batch)
     base = build_mllm(cfg, tok)
     bf16 = cpu_bf16() is not None
     kernels = {"default": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], "math": [SDPBackend.MATH]}

@@ -9,11 +9,10 @@ recipe's (configs/toy/edit.yaml: self_feed 1, two passes, change_weight 4). Step
 import argparse, copy, json, platform, time
 
 import torch
-from _timing import alternate
+from _timing import alternate, edit_batch
 
-from puma_nb.mllm import Image, MLLMConfig, Text, build_mllm, build_sequence, collate_sequences, flatten_pyramid, tiny_tokenizer
+from puma_nb.mllm import build_mllm
 from puma_nb.mllm_loss import puma_loss
-from puma_nb.pyramid import SCALES
 from puma_nb.runtime import cpu_bf16
 from puma_nb.training import _blocks, FSDP_BLOCKS, compile_block
 
@@ -24,12 +23,7 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    tok, cfg = tiny_tokenizer(), MLLMConfig(image_pos=True, parent_skip=True, image_stride=384)
-    pyr = lambda: flatten_pyramid([torch.randn(n, cfg.feature_dim) for n in SCALES])
-    seqs = [build_sequence(tok, [Image(pyr()), Text("make the red circle blue" + " please" * (i % 3)), Image(pyr(), target=True)])
-            for i in range(args.batch)]  # instructions of three lengths, as real batches have
-    batch = collate_sequences(seqs, tok.pad_token_id)
+    tok, cfg, batch = edit_batch(args.batch)
     eager = build_mllm(cfg, tok)
     compiled = copy.deepcopy(eager)
     for b in _blocks(compiled, FSDP_BLOCKS): compile_block(b)
