@@ -131,9 +131,9 @@ class Preset:
 PRESETS = {"smoke": Preset("smoke", 1_000, 100, 100, table1_n=8, sample_steps=4, eval_n=6, qa_n=6, max_steps=4,
                            expected_seconds={"data": 11.4, "clip": 15.2, "decoders": 15.4, "table1": 10.6, "pretrain": 13.8, "t2i": 58.4, "edit": 46.5,  # `puma-nb smoke --lanes 2`
                                              "conditional": 60.4, "understanding": 21.1, "table5": 36.7, "evaluation": 24.1}),  # (benchmarks/job_time.py)
-           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: each stage's seconds in measured runs of
-                         # `puma-nb toy` on a 2-core CPU with nothing else running (the ETA's reference; git log has their history)
-                         expected_seconds={"data": 32, "clip": 398, "decoders": 2410, "table1": 40, "pretrain": 343, "t2i": 1130, "edit": 5322, "conditional": 719, "understanding": 630, "table5": 730, "evaluation": 267})}
+           "toy": Preset("toy", 20_000, 500, 500,  # expected_seconds: each stage's seconds in reports/toy, one run of
+                         # `puma-nb toy` on a 2-core CPU with nothing else running (the ETA's reference; `benchmarks/job_time.py reports/toy`)
+                         expected_seconds={"data": 40, "clip": 662, "decoders": 2876, "table1": 52, "pretrain": 473, "t2i": 1431, "edit": 5834, "conditional": 793, "understanding": 864, "table5": 1017, "evaluation": 255})}
 
 # %% ../nbs/97_job.ipynb #f84e032d
 def _get(d:dict, key:str):
@@ -419,11 +419,14 @@ def _main_job(p:Preset, out:Path, clock:JobClock, command:str, lanes:int=1) -> d
     partial = job.setdefault("partial_seconds", {})  # seconds spent inside stages an earlier invocation stopped in
     report = {"preset": p.name, "job": job, "machine": machine(), "precision": job_precision(p), "config": to_dict(p),
               "stand_ins": dict(STAND_INS)}
+    def save_job():
+        "job.json, with this invocation's wall time so far."
+        job["runs"][-1]["seconds"] = round(time.time() - t0, 1)
+        (out / "job.json").write_text(json.dumps(job, indent=1))
     def finished(name:str, res:dict, seconds:float):
         "A stage ended: its seconds added to the earlier invocations', its results merged, the report rewritten."
         job["stage_seconds"][name] = round(job["stage_seconds"].get(name, 0) + partial.pop(name, 0) + seconds, 1)
-        job["runs"][-1]["seconds"] = round(time.time() - t0, 1)
-        (out / "job.json").write_text(json.dumps(job, indent=1))
+        save_job()
         report["stand_ins"].update(res.get("stand_ins", {}))
         report.update({k: v for k, v in res.items() if k != "stand_ins"},
                       stage_seconds={s: job["stage_seconds"][s] for s in STAGES if s in job["stage_seconds"]},
@@ -441,8 +444,7 @@ def _main_job(p:Preset, out:Path, clock:JobClock, command:str, lanes:int=1) -> d
     except Stopped:
         s = clock.current  # one lane: the stage it stopped inside, unless the signal came as that one ended
         if lanes == 1 and s is not None and s in clock.seconds and not (out / "stages" / f"{s}.json").exists(): stopped(s, clock.seconds[s])
-        job["runs"][-1]["seconds"] = round(time.time() - t0, 1)
-        (out / "job.json").write_text(json.dumps(job, indent=1))
+        save_job()
         raise
     print(f"puma-nb {p.name}: done in {report['seconds']} s — {out}/report.json, REPORT.md, figure3.png, samples/")
     return report
