@@ -57,14 +57,14 @@ BAR_NAMES = {"edit": "instruct edit", "understanding_first": "instruct understan
 def compare(lanes_run:Path, one_run:Path, one_log:Path) -> dict:
     a, b = (json.loads((r / "job.json").read_text()) for r in (lanes_run, one_run))
     wall = wall_seconds(lanes_run, a)
-    rows = {s: b["stage_seconds"][s] for s in a["stage_seconds"]}
-    for stage, (phase, step) in stopped_at(lanes_run).items():
+    rows, stopped = {s: b["stage_seconds"][s] for s in a["stage_seconds"]}, stopped_at(lanes_run)
+    for stage, (phase, step) in stopped.items():
         times = bar_elapsed(one_log, BAR_NAMES[phase], step)
         if not times: raise SystemExit(f"{one_log}: no progress bar {BAR_NAMES[phase]!r} at step {step}")
         rows[f"{stage} to {phase} step {step}"] = times[0]  # the first: a phase's bar before any later phase of the same name
     one = round(sum(rows.values()), 1)
     return {"lanes_run": {"commit": a["commit"], "command": a["command"], "wall_seconds": wall, "stage_seconds": a["stage_seconds"],
-                          "stopped": {k: list(v) for k, v in stopped_at(lanes_run).items()}},
+                          "stopped": {k: list(v) for k, v in stopped.items()}},
             "one_lane_run": {"commit": b["commit"], "command": b["command"]},
             "one_lane_seconds_for_that_work": rows, "one_lane_total": one, "speedup": round(one / wall, 2)}
 
